@@ -1,0 +1,1 @@
+"""promptwire protobuf definitions."""

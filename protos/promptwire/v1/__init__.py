@@ -1,0 +1,1 @@
+"""Generated modules of the promptwire.v1 protobuf package (regenerate with protos/generate.py)."""
