@@ -144,7 +144,7 @@ class UpstreamError(PromptwireError):
     http_status = 502
     grpc_code = grpc.StatusCode.UNAVAILABLE
     error_type = "upstream_error"
-    code = "upstream_error"
+    code: str | None = "upstream_error"
 
 
 class UpstreamStatusError(UpstreamError):

@@ -1,0 +1,10 @@
+"""Providers: backends that generate text, by config name."""
+
+from __future__ import annotations
+
+from gateway.providers.base import Provider, ProviderFactory
+
+__all__ = ["PROVIDERS", "Provider", "ProviderFactory"]
+
+PROVIDERS: dict[str, ProviderFactory] = {}
+"""Provider type (``backends.<name>.type`` in config) -> factory. The local provider joins here."""

@@ -1,0 +1,583 @@
+"""The gateway core both front ends call: auth, admission, routing, stages, provider calls, stats."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import fnmatch
+import hashlib
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.config import GatewayConfig, StageSpec
+from gateway.errors import (
+    AuthenticationError,
+    InvalidRequest,
+    NoBackend,
+    OptionNotAllowed,
+    Overloaded,
+    PermissionDenied,
+    PromptTooLarge,
+    PromptwireError,
+    RequestTimeout,
+    ShuttingDown,
+    UpstreamError,
+    UpstreamStatusError,
+)
+from gateway.metrics import Metrics
+from gateway.providers.base import Provider, ProviderFactory
+from gateway.stages.base import RESERVED_DECODERS, RESERVED_STAGES, Stage, StageFactory
+from gateway.types import Completion, GatewayRequest, ModelInfo, StageStats, StreamChunk, Usage
+
+__all__ = ["NO_BACKEND_MESSAGE", "ApiKey", "Gateway", "GatewayStream"]
+
+logger = logging.getLogger(__name__)
+
+NO_BACKEND_MESSAGE = (
+    "no backend is configured for generation. Start the gateway with an OpenAI-compatible upstream "
+    "(`promptwire serve --upstream http://HOST:PORT/v1`), a local model (`promptwire serve --model PATH`), "
+    "or a config file with a `backends:` section (`promptwire serve --config FILE`; see docs/gateway.md)."
+)
+_MODELS_CACHE_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """An authenticated client key (the secret itself is never kept)."""
+
+    id: str
+    models: tuple[str, ...]
+    stages: frozenset[str] | None
+
+    def allows_model(self, model: str) -> bool:
+        return any(p == "*" or p == model or fnmatch.fnmatchcase(model, p) for p in self.models)
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    providers: tuple[Provider, ...]
+    upstream_model: str | None
+    specs: tuple[StageSpec, ...]
+
+
+_Plan = tuple[tuple[Stage, Mapping[str, Any]], ...]
+
+
+def _failover_ok(err: PromptwireError) -> bool:
+    """Whether another upstream might succeed where this one failed."""
+    if isinstance(err, UpstreamStatusError):
+        return err.upstream_status == 429 or err.upstream_status >= 500
+    return isinstance(err, UpstreamError)
+
+
+class Gateway:
+    """One gateway instance: built from config, started once, shared by the HTTP and gRPC front ends."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        providers: Mapping[str, ProviderFactory] | None = None,
+        stages: Mapping[str, StageFactory] | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        if providers is None:
+            from gateway.providers import PROVIDERS
+
+            providers = PROVIDERS
+        if stages is None:
+            from gateway.stages import STAGES
+
+            stages = STAGES
+        self.config = config
+        self.metrics = metrics if metrics is not None else Metrics()
+        self._provider_factories = providers
+        self._stage_factories = stages
+        self._providers: dict[str, Provider] = {}
+        self._stages: dict[str, Stage] = {}
+        self._keys = tuple(
+            (bytes.fromhex(k.sha256), ApiKey(k.id, k.models, None if k.stages is None else frozenset(k.stages)))
+            for k in config.auth.keys
+        )
+        self._keys_by_id = {key.id: key for _, key in self._keys}
+        self._routes: dict[str, _Route] = {}
+        self._plans: dict[tuple[int, frozenset[str] | None], _Plan] = {}
+        self._discovered: dict[str, frozenset[str]] = {}
+        self._models_cache: tuple[float, list[ModelInfo]] | None = None
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._shutting_down = False
+        self._started = False
+
+    # ----- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Build providers and stages, discover upstream models (failures are logged, not fatal)."""
+        if self._started:
+            return
+        for name, bc in self.config.backends.items():
+            factory = self._provider_factories.get(bc.type)
+            if factory is None:
+                raise NoBackend(
+                    f"backend {name!r} has type {bc.type!r}, which this build does not provide "
+                    f"(available: {', '.join(sorted(self._provider_factories)) or 'none'})"
+                )
+            self._providers[name] = factory(name, bc, self.metrics)
+        used = {s.name for s in self.config.default_stages}
+        for route in self.config.models:
+            used.update(s.name for s in route.stages or ())
+        for name in sorted(used):
+            self._stages[name] = self._build_stage(name)
+        for name, prov in self._providers.items():
+            if self.config.backends[name].models is None:
+                try:
+                    self._discovered[name] = frozenset(m.id for m in await prov.list_models())
+                except PromptwireError as e:
+                    logger.warning("backend %s: model discovery failed: %s", name, e.message)
+        self._started = True
+
+    def _build_stage(self, name: str) -> Stage:
+        factory = self._stage_factories.get(name)
+        if factory is None:
+            raise InvalidRequest(
+                f"stage {name!r} is reserved but not available in this version of promptwire",
+                param=f"promptwire.{name}",
+                code="stage_not_available",
+            )
+        return factory(self.config.stages.get(name, {}))
+
+    async def aclose(self) -> None:
+        for prov in self._providers.values():
+            await prov.aclose()
+        self._providers.clear()
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._shutting_down
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def begin_shutdown(self) -> None:
+        """Stop admitting requests (readiness false); in-flight ones continue."""
+        self._shutting_down = True
+
+    async def drain(self, grace_s: float) -> bool:
+        """Wait up to ``grace_s`` for in-flight requests to finish; True if all did."""
+        try:
+            async with asyncio.timeout(grace_s):
+                await self._idle.wait()
+            return True
+        except TimeoutError:
+            return False
+
+    async def ready(self) -> bool:
+        """Started, not shutting down, and every backend ready (no backend counts as ready)."""
+        if not self._started or self._shutting_down:
+            return False
+        results = await asyncio.gather(*(p.ready() for p in self._providers.values()))
+        return all(results)
+
+    # ----- auth and admission ----------------------------------------------------------------------
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self._keys)
+
+    def authenticate(self, api_key: str | None) -> ApiKey | None:
+        """The key's record, None when auth is off; AuthenticationError for a missing/unknown key."""
+        if not self._keys:
+            return None
+        if not api_key:
+            raise AuthenticationError("missing API key (send `Authorization: Bearer <key>`)")
+        digest = hashlib.sha256(api_key.encode()).digest()
+        found: ApiKey | None = None
+        for stored, key in self._keys:  # no early exit: time does not depend on which key matched
+            if hmac.compare_digest(stored, digest):
+                found = key
+        if found is None:
+            raise AuthenticationError("invalid API key")
+        return found
+
+    def _admit(self) -> None:
+        if self._shutting_down:
+            raise ShuttingDown("the gateway is shutting down; retry on another replica")
+        limit = self.config.limits.max_in_flight
+        if self._in_flight >= limit:
+            raise Overloaded(
+                f"too many requests in flight (limit {limit}); retry later",
+                retry_after=self.config.limits.retry_after_s,
+            )
+        self._in_flight += 1
+        self._idle.clear()
+        self.metrics.in_flight.inc()
+
+    def _release(self) -> None:
+        self._in_flight -= 1
+        self.metrics.in_flight.dec()
+        if self._in_flight == 0:
+            self._idle.set()
+
+    # ----- routing and pipeline --------------------------------------------------------------------
+
+    def _route(self, model: str) -> _Route:
+        route = self._routes.get(model)
+        if route is not None:
+            return route
+        if not self._providers:
+            raise NoBackend(NO_BACKEND_MESSAGE)
+        specs = self.config.default_stages
+        names: Sequence[str] = ()
+        upstream_model = None
+        for r in self.config.models:
+            if r.match == model or fnmatch.fnmatchcase(model, r.match):
+                names, upstream_model = r.backends, r.upstream_model
+                if r.stages is not None:
+                    specs = r.stages
+                break
+        if not names:
+            names = [n for n, bc in self.config.backends.items() if bc.models and model in bc.models]
+        if not names:
+            names = [n for n, ms in self._discovered.items() if model in ms]
+        if not names:
+            default = self.config.default_backend_name()
+            assert default is not None  # providers non-empty implies a backend
+            names = [default]
+        route = _Route(tuple(self._providers[n] for n in names), upstream_model, specs)
+        if len(self._routes) < 10_000:  # bounded: model names come from clients
+            self._routes[model] = route
+        return route
+
+    def _plan(self, req: GatewayRequest, route: _Route, key: ApiKey | None) -> _Plan:
+        """The stages to run, with validated options, for this request."""
+        allowed = key.stages if key is not None else None
+        if not req.stage_options:
+            cache_key = (id(route.specs), allowed)
+            cached = self._plans.get(cache_key)
+            if cached is None:
+                cached = tuple(
+                    (self._stages[s.name], self._stages[s.name].validate(s.options))
+                    for s in route.specs
+                    if s.enabled and (allowed is None or s.name in allowed)
+                )
+                self._plans[cache_key] = cached
+            return cached
+        by_name = {s.name: s for s in route.specs}
+        for name, opts in req.stage_options.items():
+            param = f"promptwire.{name}"
+            if name not in RESERVED_STAGES:
+                raise InvalidRequest(
+                    f"unknown promptwire option {name!r} (stages: {', '.join(RESERVED_STAGES)}; and 'decoder')",
+                    param=param,
+                )
+            if opts is not False and not isinstance(opts, Mapping):
+                raise InvalidRequest(f"{param} must be an object of options or false", param=param)
+            if name not in self._stage_factories:
+                raise InvalidRequest(
+                    f"stage {name!r} is reserved but not available in this version of promptwire",
+                    param=param,
+                    code="stage_not_available",
+                )
+            spec = by_name.get(name)
+            if spec is None:
+                raise OptionNotAllowed(f"stage {name!r} is not enabled for model {req.model!r}", param=param)
+            if allowed is not None and name not in allowed and opts is not False:
+                raise PermissionDenied(f"this API key may not use stage {name!r}", param=param)
+            if opts is False:
+                if spec.enabled and not spec.client_can_disable:
+                    raise OptionNotAllowed(f"stage {name!r} cannot be turned off for this model", param=param)
+                continue
+            if not spec.enabled and not spec.client_can_enable:
+                raise OptionNotAllowed(f"stage {name!r} cannot be turned on for this model", param=param)
+            stage = self._stages[name]
+            stage.validate(opts)  # unknown option names / bad values first: 400 naming them
+            if "*" not in spec.client_options:
+                for opt in opts:
+                    if opt not in spec.client_options:
+                        raise OptionNotAllowed(
+                            f"option {opt!r} of stage {name!r} may not be set by clients for this model",
+                            param=f"{param}.{opt}",
+                        )
+        plan: list[tuple[Stage, Mapping[str, Any]]] = []
+        for spec in route.specs:
+            client = req.stage_options.get(spec.name)
+            if client is False or (allowed is not None and spec.name not in allowed):
+                continue
+            if client is None:
+                if not spec.enabled:
+                    continue
+                plan.append((self._stages[spec.name], self._stages[spec.name].validate(spec.options)))
+            else:
+                stage = self._stages[spec.name]
+                plan.append((stage, stage.validate({**spec.options, **client})))
+        return tuple(plan)
+
+    def _check_decoder(self, req: GatewayRequest, route: _Route) -> None:
+        d = req.decoder
+        if d is None:
+            return
+        name = d.get("name")
+        if name not in RESERVED_DECODERS:
+            raise InvalidRequest(
+                f"promptwire.decoder.name must be one of {', '.join(RESERVED_DECODERS)}, got {name!r}",
+                param="promptwire.decoder.name",
+            )
+        if not all(name in p.decoders for p in route.providers):
+            raise InvalidRequest(
+                f"decoder {name!r} is not available for model {req.model!r}: decoders run only on a "
+                "backend that supports them (the local provider), which this model is not served by",
+                param="promptwire.decoder.name",
+                code="decoder_not_available",
+            )
+
+    def _check_limits(self, req: GatewayRequest) -> None:
+        lim = self.config.limits
+        if lim.max_prompt_chars is None and lim.max_prompt_tokens is None:
+            return
+        text = req.prompt_text()
+        if lim.max_prompt_chars is not None and len(text) > lim.max_prompt_chars:
+            raise PromptTooLarge(
+                f"prompt has {len(text)} characters, over the limit of {lim.max_prompt_chars}",
+                param="messages" if req.kind == "chat" else "prompt",
+            )
+        if lim.max_prompt_tokens is not None:
+            from gateway.tokens import count_tokens
+
+            n = count_tokens(text)
+            if n > lim.max_prompt_tokens:
+                raise PromptTooLarge(
+                    f"prompt has {n} tokens, over the limit of {lim.max_prompt_tokens}",
+                    param="messages" if req.kind == "chat" else "prompt",
+                )
+
+    async def _prepare(self, req: GatewayRequest) -> tuple[GatewayRequest, _Route, list[StageStats]]:
+        """Checks, routing and stages: everything before the provider call."""
+        key = self._keys_by_id.get(req.api_key_id) if req.api_key_id is not None else None
+        if self._keys and key is None:
+            raise AuthenticationError("missing or invalid API key")
+        if key is not None and not key.allows_model(req.model):
+            raise PermissionDenied(f"this API key may not use model {req.model!r}", param="model")
+        self._check_limits(req)
+        route = self._route(req.model)
+        self._check_decoder(req, route)
+        plan = self._plan(req, route, key)
+        stats: list[StageStats] = []
+        for stage, opts in plan:
+            req, st = await stage.apply(req, opts)
+            stats.append(st)
+            self.metrics.stage_seconds.labels(st.stage).observe(st.ms / 1000)
+            if st.tokens_saved:
+                self.metrics.tokens_saved.labels(st.stage).inc(st.tokens_saved)
+        if route.upstream_model is not None:
+            req = dataclasses.replace(req, model=route.upstream_model)
+        return req, route, stats
+
+    def _remaining(self, req: GatewayRequest) -> float | None:
+        deadline = req.deadline
+        timeout = self.config.limits.request_timeout_s
+        if timeout is not None:
+            own = time.monotonic() + timeout
+            deadline = own if deadline is None else min(deadline, own)
+        return None if deadline is None else deadline - time.monotonic()
+
+    # ----- generation ------------------------------------------------------------------------------
+
+    async def generate(self, req: GatewayRequest) -> tuple[Completion, list[StageStats], float]:
+        """One whole response, the stages' stats and the gateway's overhead in ms."""
+        t0 = req.received_at or time.perf_counter()
+        self._admit()
+        try:
+            remaining = self._remaining(req)
+            try:
+                async with asyncio.timeout(remaining):
+                    req2, route, stats = await self._prepare(req)
+                    t1 = time.perf_counter()
+                    completion = await self._call(req2, route)
+                    t2 = time.perf_counter()
+            except TimeoutError:
+                raise RequestTimeout(f"request did not finish within {remaining:.3g} s") from None
+        finally:
+            self._release()
+        t3 = time.perf_counter()
+        overhead_ms = ((t1 - t0) + (t3 - t2)) * 1000
+        m = self.metrics
+        m.upstream_seconds.labels(route.providers[0].name).observe(t2 - t1)
+        m.overhead_seconds.labels(req.kind).observe(overhead_ms / 1000)
+        m.total_seconds.labels(req.kind).observe(t3 - t0)
+        usage = completion.usage
+        if usage is not None:
+            m.tokens_in.labels(req.model).inc(usage.prompt_tokens)
+            m.tokens_out.labels(req.model).inc(usage.completion_tokens)
+        return completion, stats, overhead_ms
+
+    async def _call(self, req: GatewayRequest, route: _Route) -> Completion:
+        last: PromptwireError | None = None
+        for prov in route.providers:
+            try:
+                return await prov.generate(req)
+            except PromptwireError as e:
+                if not _failover_ok(e):
+                    raise
+                last = e
+                if len(route.providers) > 1:
+                    logger.warning("request %s: backend %s failed (%s); failing over", req.request_id,
+                                   prov.name, e.message)
+                    self.metrics.upstream_retries.labels(prov.name, "failover").inc()
+        assert last is not None
+        raise last
+
+    async def generate_stream(self, req: GatewayRequest) -> GatewayStream:
+        """Run stages and connect upstream until the first chunk is in hand (errors until then are
+        ordinary exceptions the front end maps to a status); then stream the rest."""
+        t0 = req.received_at or time.perf_counter()
+        self._admit()
+        try:
+            remaining = self._remaining(req)
+            deadline = None if remaining is None else time.monotonic() + remaining
+            try:
+                async with asyncio.timeout(remaining):
+                    req2, route, stats = await self._prepare(req)
+                    t1 = time.perf_counter()
+                    it, first = await self._open_stream(req2, route)
+            except TimeoutError:
+                raise RequestTimeout(f"no response within {remaining:.3g} s") from None
+        except BaseException:
+            self._release()
+            raise
+        overhead_ms = (t1 - t0) * 1000
+        self.metrics.overhead_seconds.labels(req.kind).observe(t1 - t0)
+        self.metrics.ttft_seconds.labels(req.model).observe(time.perf_counter() - t0)
+        return GatewayStream(self, req, it, first, stats, overhead_ms, deadline, t0)
+
+    async def _open_stream(
+        self, req: GatewayRequest, route: _Route
+    ) -> tuple[AsyncIterator[StreamChunk], StreamChunk | None]:
+        last: PromptwireError | None = None
+        for prov in route.providers:
+            it = prov.generate_stream(req)
+            try:
+                first = await anext(it)
+                return it, first
+            except StopAsyncIteration:
+                return it, None
+            except PromptwireError as e:
+                await _aclose(it)
+                if not _failover_ok(e):
+                    raise
+                last = e
+                if len(route.providers) > 1:
+                    logger.warning("request %s: backend %s failed (%s); failing over", req.request_id,
+                                   prov.name, e.message)
+                    self.metrics.upstream_retries.labels(prov.name, "failover").inc()
+            except BaseException:
+                await _aclose(it)
+                raise
+        assert last is not None
+        raise last
+
+    async def list_models(self) -> list[ModelInfo]:
+        """Models of every backend (cached a few seconds); a backend that fails is left out."""
+        now = time.monotonic()
+        if self._models_cache is not None and now - self._models_cache[0] < _MODELS_CACHE_S:
+            return self._models_cache[1]
+        seen: dict[str, ModelInfo] = {}
+        for name, prov in self._providers.items():
+            try:
+                for m in await prov.list_models():
+                    seen.setdefault(m.id, m)
+            except PromptwireError as e:
+                logger.warning("backend %s: listing models failed: %s", name, e.message)
+        for route in self.config.models:
+            if not any(c in route.match for c in "*?["):
+                seen.setdefault(route.match, ModelInfo(route.match))
+        models = list(seen.values())
+        self._models_cache = (now, models)
+        return models
+
+
+async def _aclose(it: AsyncIterator[StreamChunk]) -> None:
+    close = getattr(it, "aclose", None)
+    if close is not None:
+        await close()
+
+
+class GatewayStream:
+    """A started stream: stats and overhead are known (send them as headers), chunks follow.
+
+    Iterate it once; always ``await stream.aclose()`` (the front end does it in ``finally``), which
+    closes the upstream request and frees the in-flight slot. A failure after the first chunk raises
+    a PromptwireError from the iteration; the front end ends the client's stream with an error."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        req: GatewayRequest,
+        it: AsyncIterator[StreamChunk],
+        first: StreamChunk | None,
+        stats: list[StageStats],
+        overhead_ms: float,
+        deadline: float | None,
+        t0: float,
+    ) -> None:
+        self.request = req
+        self.stats = stats
+        self.overhead_ms = overhead_ms
+        self.usage: Usage | None = None
+        self._gw = gateway
+        self._it = it
+        self._first = first
+        self._deadline = deadline
+        self._t0 = t0
+        self._closed = False
+        self._ok = False
+
+    def __aiter__(self) -> AsyncIterator[StreamChunk]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[StreamChunk]:
+        if self._first is None:
+            self._ok = True
+            return
+        first, self._first = self._first, None
+        self._note(first)
+        yield first
+        deadline = self._deadline
+        it = self._it
+        while True:
+            try:
+                if deadline is None:
+                    chunk = await anext(it)
+                else:
+                    async with asyncio.timeout(deadline - time.monotonic()):
+                        chunk = await anext(it)
+            except StopAsyncIteration:
+                self._ok = True
+                return
+            except TimeoutError:
+                raise RequestTimeout("the request's time limit passed while streaming") from None
+            self._note(chunk)
+            yield chunk
+
+    def _note(self, chunk: StreamChunk) -> None:
+        if chunk.data.get("usage"):
+            self.usage = chunk.usage
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await _aclose(self._it)
+        finally:
+            self._gw._release()
+            m = self._gw.metrics
+            m.total_seconds.labels(self.request.kind).observe(time.perf_counter() - self._t0)
+            if self.usage is not None:
+                m.tokens_in.labels(self.request.model).inc(self.usage.prompt_tokens)
+                m.tokens_out.labels(self.request.model).inc(self.usage.completion_tokens)
