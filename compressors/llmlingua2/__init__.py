@@ -1,0 +1,1 @@
+"""LLMLingua-2 prompt compressor on ONNX Runtime."""

@@ -1,0 +1,226 @@
+"""Export a token-classification checkpoint to ONNX (fp32 / optimised / int8 / fp16), cached by content hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+__all__ = ["METADATA_FILE", "MODEL_FILE", "default_cache_dir", "ensure_exported", "export", "is_exported"]
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = "model.onnx"
+METADATA_FILE = "promptwire_export.json"
+_FORMAT_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    """Cache root: $PROMPTWIRE_CACHE or ~/.cache/promptwire."""
+    return Path(os.environ.get("PROMPTWIRE_CACHE", Path.home() / ".cache" / "promptwire"))
+
+
+def is_exported(path: str | Path) -> bool:
+    """True when PATH is a directory produced by `export`."""
+    p = Path(path)
+    return (p / METADATA_FILE).is_file() and (p / MODEL_FILE).is_file() and (p / "tokenizer.json").is_file()
+
+
+def _resolve_source(src: str | Path) -> Path:
+    p = Path(src)
+    if p.is_dir():
+        return p
+    # a Hugging Face id: resolve through the local hub cache (no download is attempted when offline)
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(str(src)))
+
+
+def _source_hash(src_dir: Path, options: dict[str, Any]) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"v": _FORMAT_VERSION, **options}, sort_keys=True).encode())
+    names = sorted(
+        f.name
+        for f in src_dir.iterdir()
+        if f.is_file() and (f.suffix in (".safetensors", ".bin", ".json", ".model", ".txt"))
+    )
+    for name in names:
+        h.update(name.encode())
+        with open(src_dir / name, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:32]
+
+
+def _subword_style(tokenizer_json: Path) -> str:
+    data = json.loads(tokenizer_json.read_text(encoding="utf-8"))
+    model = data.get("model", {})
+    if model.get("type") == "WordPiece":
+        return "wordpiece"
+    return "metaspace"
+
+
+def export(
+    src: str | Path,
+    out_dir: str | Path,
+    *,
+    int8: bool = False,
+    fp16: bool = False,
+    optimize: bool = True,
+    opset: int = 17,
+) -> Path:
+    """Export SRC (HF id or checkpoint dir) to ONNX in OUT_DIR; returns OUT_DIR.
+
+    Skips the work when OUT_DIR already holds an export of the same weights and options.
+    """
+    from tqdm import tqdm
+
+    if int8 and fp16:
+        raise ValueError("int8 and fp16 are exclusive")
+    src_dir = _resolve_source(src)
+    out = Path(out_dir)
+    options = {"int8": int8, "fp16": fp16, "optimize": optimize, "opset": opset}
+    digest = _source_hash(src_dir, options)
+    if is_exported(out):
+        meta = json.loads((out / METADATA_FILE).read_text(encoding="utf-8"))
+        if meta.get("source_hash") == digest:
+            logger.info("export of %s already in %s", src, out)
+            return out
+
+    import torch
+    from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
+
+    steps = 3 + int(optimize) + int(int8 or fp16)
+    bar = tqdm(total=steps, desc="export", unit="step", disable=None)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="pw-export-") as tmp_s:
+        tmp = Path(tmp_s)
+        bar.set_postfix_str("load")
+        config = AutoConfig.from_pretrained(src_dir)
+        model = AutoModelForTokenClassification.from_pretrained(src_dir, dtype=torch.float32).eval()
+        tok = AutoTokenizer.from_pretrained(src_dir)
+        bar.update()
+
+        bar.set_postfix_str("onnx")
+        fp32_path = tmp / "fp32.onnx"
+        ids = torch.ones(2, 8, dtype=torch.long)  # (B, T)
+        mask = torch.ones(2, 8, dtype=torch.long)  # (B, T)
+        with torch.no_grad():
+            torch.onnx.export(
+                model,
+                (ids, mask),
+                str(fp32_path),
+                input_names=["input_ids", "attention_mask"],
+                output_names=["logits"],
+                dynamic_axes={
+                    "input_ids": {0: "batch", 1: "sequence"},
+                    "attention_mask": {0: "batch", 1: "sequence"},
+                    "logits": {0: "batch", 1: "sequence"},
+                },
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+        bar.update()
+        current = fp32_path
+
+        if optimize:
+            bar.set_postfix_str("optimize")
+            current = _optimize(current, tmp / "opt.onnx", config)
+            bar.update()
+        if fp16:
+            bar.set_postfix_str("fp16")
+            current = _to_fp16(current, tmp / "fp16.onnx")
+            bar.update()
+        elif int8:
+            bar.set_postfix_str("int8")
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            q_path = tmp / "int8.onnx"
+            import onnx
+
+            quantize_dynamic(
+                str(current),
+                str(q_path),
+                weight_type=QuantType.QInt8,
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+            )
+            current = q_path
+            bar.update()
+
+        bar.set_postfix_str("save")
+        shutil.copyfile(current, out / MODEL_FILE)
+        tok.save_pretrained(out)
+        if not (out / "tokenizer.json").is_file():
+            raise ValueError(f"{src}: no fast tokenizer (tokenizer.json) available")
+        meta = {
+            "format": _FORMAT_VERSION,
+            "source": str(src),
+            "source_hash": digest,
+            "subword_style": _subword_style(out / "tokenizer.json"),
+            "model_type": config.model_type,
+            "num_labels": int(config.num_labels),
+            "pad_token_id": config.pad_token_id,
+            "max_position_embeddings": int(config.max_position_embeddings),
+            "options": options,
+        }
+        (out / METADATA_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        bar.update()
+    bar.close()
+    logger.info("exported %s to %s (%s)", src, out, options)
+    return out
+
+
+def _optimize(src: Path, dst: Path, config: Any) -> Path:
+    """Transformer-specific graph fusions (attention, layer norm, gelu) without approximations."""
+    try:
+        from onnxruntime.transformers.optimizer import optimize_model
+
+        opt = optimize_model(
+            str(src),
+            model_type="bert",
+            num_heads=int(config.num_attention_heads),
+            hidden_size=int(config.hidden_size),
+            opt_level=1,
+        )
+        opt.save_model_to_file(str(dst))
+        return dst
+    except Exception as exc:  # fusion support varies by onnxruntime version; the plain graph still works
+        logger.warning("graph optimisation skipped: %s", exc)
+        return src
+
+
+def _to_fp16(src: Path, dst: Path) -> Path:
+    import onnx
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    m = OnnxModel(onnx.load(str(src)))
+    m.convert_float_to_float16(keep_io_types=True)
+    m.save_model_to_file(str(dst))
+    return dst
+
+
+def ensure_exported(
+    src: str | Path,
+    *,
+    int8: bool = False,
+    fp16: bool = False,
+    optimize: bool = True,
+    cache_dir: str | Path | None = None,
+) -> Path:
+    """Return an exported directory for SRC: SRC itself if already exported, else a cached export."""
+    if is_exported(src):
+        return Path(src)
+    src_dir = _resolve_source(src)
+    options = {"int8": int8, "fp16": fp16, "optimize": optimize, "opset": 17}
+    digest = _source_hash(src_dir, options)
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    out = root / "onnx" / digest
+    if is_exported(out):
+        return out
+    return export(src_dir, out, int8=int8, fp16=fp16, optimize=optimize)
