@@ -49,8 +49,8 @@ def generate(out: Path) -> list[Path]:
     files = generated_files(out)
     for path in files:
         text = _IMPORT.sub("from protos.promptwire.v1 import ", path.read_text(encoding="utf-8"))
-        if path.suffix == ".pyi":
-            # The stubs protoc writes are not mypy --strict clean; they are ours to use, not to lint.
+        if path.suffix == ".pyi" or path.name.endswith("_grpc.py"):
+            # protoc's stubs and grpc modules are not mypy --strict clean; they are ours to use, not lint.
             text = _STUB_HEADER + text
         path.write_text(text, encoding="utf-8")
     return files
