@@ -150,10 +150,13 @@ class UpstreamError(PromptwireError):
 class UpstreamStatusError(UpstreamError):
     """The upstream answered with an error status; 4xx keep their status and body."""
 
-    def __init__(self, status: int, message: str, *, body: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, *, body: dict[str, Any] | None = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.upstream_status = status
         self.body = body
+        self.retry_after = retry_after  # the upstream's Retry-After (429 / 503), passed on to the client
         if 400 <= status < 500:
             self.http_status = status
             self.grpc_code = _GRPC_FOR_4XX.get(status, grpc.StatusCode.INVALID_ARGUMENT)

@@ -178,11 +178,14 @@ class Gateway:
             return False
 
     async def ready(self) -> bool:
-        """Started, not shutting down, and every backend ready (no backend counts as ready)."""
+        """Started, not shutting down, and some backend ready (failover covers the others; no backend
+        at all counts as ready: health, models and metrics still work)."""
         if not self._started or self._shutting_down:
             return False
+        if not self._providers:
+            return True
         results = await asyncio.gather(*(p.ready() for p in self._providers.values()))
-        return all(results)
+        return any(results)
 
     # ----- auth and admission ----------------------------------------------------------------------
 

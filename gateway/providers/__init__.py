@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from gateway.providers.base import Provider, ProviderFactory
+from gateway.providers.openai import OpenAIProvider
 
 __all__ = ["PROVIDERS", "Provider", "ProviderFactory"]
 
-PROVIDERS: dict[str, ProviderFactory] = {}
+PROVIDERS: dict[str, ProviderFactory] = {
+    "openai": OpenAIProvider,
+}
 """Provider type (``backends.<name>.type`` in config) -> factory. The local provider joins here."""
