@@ -1,0 +1,479 @@
+"""Protobuf ↔ gateway dataclass conversion for the gRPC front end (no I/O, no gRPC context)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from google.protobuf import struct_pb2
+
+from gateway.errors import InvalidRequest
+from gateway.types import ChatMessage, GatewayRequest, ModelInfo, StageOptions, StageStats, StreamChunk, Usage
+from protos.promptwire.v1 import common_pb2, compress_pb2, gateway_pb2, options_pb2
+
+__all__ = [
+    "PARAM_PATHS",
+    "StreamState",
+    "chat_request",
+    "compress_request_dict",
+    "compress_response",
+    "decoder_dict",
+    "generate_request",
+    "grpc_param",
+    "model_list",
+    "sampling_params",
+    "stage_options",
+    "stats_json",
+]
+
+# Body keys a gRPC client may not set through extra_json: the typed fields and the request's frame.
+_RESERVED_BODY_KEYS = frozenset(
+    {
+        "model", "messages", "prompt", "stream", "stream_options", "promptwire", "max_tokens",
+        "max_completion_tokens", "temperature", "top_p", "seed", "stop", "n", "logprobs", "top_logprobs",
+        "response_format", "presence_penalty", "frequency_penalty", "user",
+    }
+)  # fmt: skip
+
+PARAM_PATHS: dict[str, str] = {
+    **{k: f"sampling.{k}" for k in _RESERVED_BODY_KEYS - {"model", "messages", "prompt", "stream"}},
+    "max_completion_tokens": "sampling.max_tokens",
+    "promptwire.decoder": "decoder",
+    "promptwire.decoder.name": "decoder",
+}
+"""OpenAI body / extension-object parameter names → the gRPC request field that carries them."""
+
+_STAGE_FIELDS = ("condense_history", "select_prompt", "conjugate", "compress")
+_TRIE_MODES = {options_pb2.TRIE_MODE_CANONICAL: "canonical", options_pb2.TRIE_MODE_ANY: "any"}
+
+
+def grpc_param(param: str) -> str:
+    """The gRPC field path for a parameter name the core reports (OpenAI / extension-object naming)."""
+    if param in PARAM_PATHS:
+        return PARAM_PATHS[param]
+    head, _, rest = param.partition(".")
+    if head == "promptwire" and rest:
+        name, _, option = rest.partition(".")
+        if name in _STAGE_FIELDS:
+            return f"stages.{name}.options.{option}" if option else f"stages.{name}"
+        if name == "decoder" and option:
+            return f"decoder.<name>.{option}"
+    return param
+
+
+def _optional(msg: Any, names: Sequence[str]) -> dict[str, Any]:
+    """The explicitly set (proto3 `optional`) fields among `names`."""
+    return {n: getattr(msg, n) for n in names if msg.HasField(n)}
+
+
+def _finite(value: float, param: str, low: float, high: float) -> None:
+    if not (math.isfinite(value) and low <= value <= high):
+        raise InvalidRequest(f"{param} must be between {low:g} and {high:g}, got {value!r}", param=param)
+
+
+def sampling_params(s: options_pb2.SamplingParams, kind: Literal["chat", "completion"]) -> dict[str, Any]:
+    """OpenAI body fields for the sampling parameters (validated; unset fields are left out)."""
+    params = _optional(
+        s,
+        ("max_tokens", "temperature", "top_p", "seed", "n", "presence_penalty", "frequency_penalty", "user"),
+    )
+    if "temperature" in params:
+        _finite(params["temperature"], "sampling.temperature", 0.0, 2.0)
+    if "top_p" in params:
+        _finite(params["top_p"], "sampling.top_p", 0.0, 1.0)
+    for name in ("presence_penalty", "frequency_penalty"):
+        if name in params:
+            _finite(params[name], f"sampling.{name}", -2.0, 2.0)
+    if params.get("max_tokens") == 0:
+        raise InvalidRequest("sampling.max_tokens must be at least 1", param="sampling.max_tokens")
+    if params.get("n") == 0:
+        raise InvalidRequest("sampling.n must be at least 1", param="sampling.n")
+    if s.stop:
+        params["stop"] = list(s.stop)
+    if s.HasField("top_logprobs"):
+        if not s.logprobs:
+            raise InvalidRequest(
+                "sampling.top_logprobs needs sampling.logprobs = true", param="sampling.top_logprobs"
+            )
+        if s.top_logprobs > 20:
+            raise InvalidRequest("sampling.top_logprobs must be at most 20", param="sampling.top_logprobs")
+    if s.HasField("logprobs"):
+        if kind == "chat":
+            params["logprobs"] = s.logprobs
+            if s.HasField("top_logprobs"):
+                params["top_logprobs"] = s.top_logprobs
+        elif s.logprobs:  # completions take the number of alternatives in `logprobs`
+            params["logprobs"] = s.top_logprobs
+    fmt = _response_format(s.response_format) if s.HasField("response_format") else None
+    if fmt is not None:
+        params["response_format"] = fmt
+    if s.extra_json:
+        params.update(_extra_body(s.extra_json))
+    return params
+
+
+def _response_format(rf: options_pb2.ResponseFormat) -> dict[str, Any] | None:
+    which = rf.WhichOneof("format")
+    if which is None:
+        return None
+    if which != "json_schema":
+        return {"type": which}
+    js = rf.json_schema
+    if not js.name:
+        raise InvalidRequest(
+            "response_format.json_schema.name is required", param="sampling.response_format.json_schema.name"
+        )
+    inner: dict[str, Any] = {"name": js.name}
+    if js.HasField("description"):
+        inner["description"] = js.description
+    if js.schema_json:
+        try:
+            inner["schema"] = json.loads(js.schema_json)
+        except json.JSONDecodeError as exc:
+            raise InvalidRequest(
+                f"response_format.json_schema.schema_json is not valid JSON: {exc}",
+                param="sampling.response_format.json_schema.schema_json",
+            ) from None
+    if js.HasField("strict"):
+        inner["strict"] = js.strict
+    return {"type": "json_schema", "json_schema": inner}
+
+
+def _extra_body(text: str) -> dict[str, Any]:
+    try:
+        extra = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(
+            f"sampling.extra_json is not valid JSON: {exc}", param="sampling.extra_json"
+        ) from None
+    if not isinstance(extra, dict):
+        raise InvalidRequest("sampling.extra_json must be a JSON object", param="sampling.extra_json")
+    for key in extra:
+        if key in _RESERVED_BODY_KEYS:
+            raise InvalidRequest(
+                f"sampling.extra_json may not set {key!r}: use the typed field",
+                param=f"sampling.extra_json.{key}",
+            )
+    return extra
+
+
+def _compress_options(o: options_pb2.CompressStageOptions) -> dict[str, Any]:
+    out = _optional(o, ("rate", "target_token", "force_reserve_digit", "drop_consecutive"))
+    if o.force_tokens:
+        out["force_tokens"] = list(o.force_tokens)
+    if o.roles:
+        out["roles"] = list(o.roles)
+    if o.HasField("protections"):
+        out["protections"] = _protections(o.protections)
+    return out
+
+
+def _protections(p: options_pb2.Protections) -> dict[str, bool]:
+    return _optional(p, ("code_blocks", "json", "urls", "identifiers", "numbers"))
+
+
+def stage_options(stages: options_pb2.StageOverrides) -> dict[str, StageOptions | Literal[False]]:
+    """Per-request stage overrides: name -> options dict, or False for `disabled`; unset stages absent."""
+    out: dict[str, StageOptions | Literal[False]] = {}
+    for name in _STAGE_FIELDS:
+        if not stages.HasField(name):
+            continue
+        setting = getattr(stages, name)
+        which = setting.WhichOneof("setting")
+        if which is None:
+            raise InvalidRequest(f"stages.{name} must set either disabled or options", param=f"stages.{name}")
+        if which == "disabled":
+            out[name] = False
+        elif name == "compress":
+            out[name] = _compress_options(setting.options)
+        else:
+            out[name] = {}  # these stages have no options yet
+    return out
+
+
+def decoder_dict(d: options_pb2.DecoderOptions) -> dict[str, Any] | None:
+    """`{"name": ..., options...}` as the core expects, or None when no decoder is chosen."""
+    which = d.WhichOneof("decoder")
+    if which is None:
+        return None
+    out: dict[str, Any] = {"name": which}
+    if which == "trie":
+        t = d.trie
+        out["labels"] = list(t.labels)
+        out.update(_optional(t, ("separator", "max_labels")))
+        if t.mode in _TRIE_MODES:
+            out["mode"] = _TRIE_MODES[t.mode]
+        if t.scoring:
+            out["scoring"] = True
+    return out
+
+
+def _messages(messages: Sequence[common_pb2.ChatMessage]) -> tuple[ChatMessage, ...]:
+    out = []
+    for i, m in enumerate(messages):
+        if not m.role:
+            raise InvalidRequest(f"messages[{i}].role is required", param=f"messages[{i}].role")
+        extra = _optional(m, ("name", "tool_call_id"))
+        out.append(ChatMessage(role=m.role, content=m.content, extra=extra))
+    return tuple(out)
+
+
+def _request(
+    msg: gateway_pb2.GenerateRequest | gateway_pb2.ChatRequest,
+    kind: Literal["chat", "completion"],
+    request_id: str,
+    deadline: float | None,
+    received_at: float,
+) -> dict[str, Any]:
+    if not msg.model:
+        raise InvalidRequest("model is required", param="model")
+    params = sampling_params(msg.sampling, kind)
+    # The RPC streams; ask the backend for the usage chunk so the last message has exact usage.
+    params["stream_options"] = {"include_usage": True}
+    return {
+        "request_id": msg.request_id or request_id,
+        "kind": kind,
+        "model": msg.model,
+        "params": params,
+        "stream": True,
+        "stage_options": stage_options(msg.stages),
+        "decoder": decoder_dict(msg.decoder),
+        "deadline": deadline,
+        "received_at": received_at,
+    }
+
+
+def generate_request(
+    msg: gateway_pb2.GenerateRequest, *, request_id: str, deadline: float | None, received_at: float
+) -> GatewayRequest:
+    """A completion GatewayRequest from a GenerateRequest (validated)."""
+    fields = _request(msg, "completion", request_id, deadline, received_at)
+    return GatewayRequest(prompt=msg.prompt, **fields)
+
+
+def chat_request(
+    msg: gateway_pb2.ChatRequest, *, request_id: str, deadline: float | None, received_at: float
+) -> GatewayRequest:
+    """A chat GatewayRequest from a ChatRequest (validated)."""
+    if not msg.messages:
+        raise InvalidRequest("messages must not be empty", param="messages")
+    fields = _request(msg, "chat", request_id, deadline, received_at)
+    return GatewayRequest(messages=_messages(msg.messages), **fields)
+
+
+def stats_json(stats: Sequence[StageStats]) -> str:
+    """The `x-promptwire-stats` value: a compact JSON list of the stages' stats."""
+    return json.dumps([s.to_dict() for s in stats], separators=(",", ":"), ensure_ascii=True)
+
+
+def _struct(values: Mapping[str, Any]) -> struct_pb2.Struct:
+    out = struct_pb2.Struct()
+    # Struct holds JSON values; round-trip through JSON so tuples, numpy scalars etc. are plain.
+    out.update(json.loads(json.dumps(dict(values), default=str)))
+    return out
+
+
+def stage_stats(stats: Sequence[StageStats]) -> list[common_pb2.StageStats]:
+    return [
+        common_pb2.StageStats(
+            stage=s.stage,
+            tokens_before=max(s.tokens_before, 0),
+            tokens_after=max(s.tokens_after, 0),
+            ms=s.ms,
+            choice=s.choice or "",
+            extra=_struct(s.extra) if s.extra else None,
+        )
+        for s in stats
+    ]
+
+
+def _token_logprobs(lp: Any, kind: str) -> list[gateway_pb2.TokenLogprob]:
+    """OpenAI choice `logprobs` (chat: {content: [...]}, completions: parallel lists) → messages."""
+    if not isinstance(lp, dict):
+        return []
+    out = []
+    if kind == "chat":
+        for item in lp.get("content") or ():
+            out.append(
+                gateway_pb2.TokenLogprob(
+                    token=item.get("token", ""),
+                    logprob=float(item.get("logprob", 0.0)),
+                    bytes=bytes(item.get("bytes") or b""),
+                    top_logprobs=[
+                        gateway_pb2.TopLogprob(
+                            token=t.get("token", ""),
+                            logprob=float(t.get("logprob", 0.0)),
+                            bytes=bytes(t.get("bytes") or b""),
+                        )
+                        for t in item.get("top_logprobs") or ()
+                    ],
+                )
+            )
+        return out
+    tokens = lp.get("tokens") or []
+    values = lp.get("token_logprobs") or []
+    tops = lp.get("top_logprobs") or []
+    for i, token in enumerate(tokens):
+        top = tops[i] if i < len(tops) and isinstance(tops[i], dict) else {}
+        value = values[i] if i < len(values) else None
+        out.append(
+            gateway_pb2.TokenLogprob(
+                token=token,
+                logprob=float(value) if value is not None else 0.0,
+                bytes=token.encode(),
+                top_logprobs=[
+                    gateway_pb2.TopLogprob(token=t, logprob=float(v), bytes=t.encode())
+                    for t, v in top.items()
+                ],
+            )
+        )
+    return out
+
+
+@dataclass(slots=True)
+class StreamState:
+    """Turns OpenAI stream chunks into gRPC messages; remembers finish reasons and usage for the end."""
+
+    kind: Literal["chat", "completion"]
+    request_id: str
+    response_id: str = ""
+    model: str = ""
+    finish_reasons: dict[int, str] = field(default_factory=dict)
+    usage: Usage | None = None
+    label_scores: list[gateway_pb2.LabelScore] = field(default_factory=list)
+
+    def feed(self, chunk: StreamChunk) -> list[gateway_pb2.ChoiceDelta]:
+        """The deltas of one chunk (empty when it only carries usage or finish reasons)."""
+        data = chunk.data
+        self.response_id = self.response_id or str(data.get("id") or "")
+        self.model = self.model or str(data.get("model") or "")
+        usage = chunk.usage
+        if usage is not None:
+            self.usage = usage
+        self._scores(data)
+        deltas = []
+        for ch in data.get("choices") or ():
+            index = int(ch.get("index") or 0)
+            if ch.get("finish_reason"):
+                self.finish_reasons[index] = str(ch["finish_reason"])
+            if self.kind == "chat":
+                delta = ch.get("delta") or {}
+                text = delta.get("content") or ""
+                role = delta.get("role") or ""
+            else:
+                text = ch.get("text") or ""
+                role = ""
+            logprobs = _token_logprobs(ch.get("logprobs"), self.kind)
+            if text or role or logprobs:
+                deltas.append(gateway_pb2.ChoiceDelta(index=index, text=text, role=role, logprobs=logprobs))
+        return deltas
+
+    def _scores(self, data: Mapping[str, Any]) -> None:
+        ext = data.get("promptwire")
+        scores = ext.get("label_scores") if isinstance(ext, dict) else None
+        if isinstance(scores, dict):
+            self.label_scores = [
+                gateway_pb2.LabelScore(label=str(k), probability=math.exp(float(v)), logprob=float(v))
+                for k, v in scores.items()
+            ]
+
+    def final_fields(self) -> dict[str, Any]:
+        """Fields of the last message: finish reasons of every choice, usage and label scores."""
+        usage = self.usage
+        return {
+            "id": self.response_id,
+            "model": self.model,
+            "request_id": self.request_id,
+            "done": True,
+            "choices": [
+                gateway_pb2.ChoiceDelta(index=i, finish_reason=r)
+                for i, r in sorted(self.finish_reasons.items())
+            ],
+            "usage": common_pb2.Usage(
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                total_tokens=usage.total_tokens,
+            )
+            if usage is not None
+            else None,
+            "label_scores": self.label_scores,
+        }
+
+
+def model_list(models: Sequence[ModelInfo]) -> gateway_pb2.ListModelsResponse:
+    return gateway_pb2.ListModelsResponse(
+        models=[
+            gateway_pb2.Model(id=m.id, owned_by=m.owned_by, created=m.created, provider=m.provider)
+            for m in models
+        ]
+    )
+
+
+_COMPAT = {compress_pb2.COMPAT_MODE_NONE: None, compress_pb2.COMPAT_MODE_LLMLINGUA: "llmlingua"}
+_TOKEN_TO_WORD = {compress_pb2.TOKEN_TO_WORD_MEAN: "mean", compress_pb2.TOKEN_TO_WORD_FIRST: "first"}
+
+
+def compress_request_dict(msg: compress_pb2.CompressRequest) -> dict[str, Any]:
+    """The request as the JSON body of HTTP POST /v1/compress would carry it (set fields only)."""
+    which = msg.WhichOneof("input")
+    if which is None:
+        raise InvalidRequest("one of text, contexts or messages is required", param="input")
+    body: dict[str, Any] = {}
+    if which == "text":
+        body["text"] = msg.text
+    elif which == "contexts":
+        body["contexts"] = list(msg.contexts.items)
+    else:
+        body["messages"] = [m.to_dict() for m in _messages(msg.messages.messages)]
+    if msg.model:
+        body["model"] = msg.model
+    body.update(
+        _optional(
+            msg, ("rate", "target_token", "force_reserve_digit", "drop_consecutive", "context_level_rate")
+        )
+    )
+    for name in ("force_tokens", "roles", "chunk_end_tokens", "force_context_ids"):
+        values = list(getattr(msg, name))
+        if values:
+            body[name] = values
+    if msg.compat in _COMPAT and _COMPAT[msg.compat] is not None:
+        body["compat"] = _COMPAT[msg.compat]
+    if msg.HasField("protections"):
+        body["protections"] = _protections(msg.protections)
+    if msg.return_word_labels:
+        body["return_word_labels"] = True
+    if msg.token_to_word in _TOKEN_TO_WORD:
+        body["token_to_word"] = _TOKEN_TO_WORD[msg.token_to_word]
+    return body
+
+
+def compress_response(result: Mapping[str, Any]) -> compress_pb2.CompressResponse:
+    """A CompressResponse from the JSON result HTTP POST /v1/compress returns."""
+    messages = [
+        common_pb2.ChatMessage(role=str(m.get("role", "")), content=str(m.get("content") or ""))
+        for m in result.get("messages") or ()
+    ]
+    labels = [
+        compress_pb2.WordLabel(
+            word=str(w.get("word", "")),
+            keep=bool(w.get("keep")),
+            probability=float(w.get("probability", 0.0)),
+        )
+        for w in result.get("word_labels") or ()
+        if isinstance(w, Mapping)
+    ]
+    return compress_pb2.CompressResponse(
+        compressed_text=str(result.get("compressed_text") or result.get("compressed_prompt") or ""),
+        compressed_contexts=[str(c) for c in result.get("compressed_contexts") or ()],
+        messages=messages,
+        origin_tokens=int(result.get("origin_tokens") or 0),
+        compressed_tokens=int(result.get("compressed_tokens") or 0),
+        ratio=float(result.get("ratio") or 0.0) if not isinstance(result.get("ratio"), str) else 0.0,
+        word_labels=labels,
+        ms=float(result.get("ms") or 0.0),
+        model=str(result.get("model") or ""),
+        execution_provider=str(result.get("execution_provider") or ""),
+    )

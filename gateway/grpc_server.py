@@ -1,0 +1,283 @@
+"""The gRPC front end: promptwire.v1.Gateway over grpc.aio, plus grpc.health.v1 and server reflection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, NoReturn
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gateway import grpc_convert as conv
+from gateway.errors import PromptwireError
+from gateway.service import Gateway, GatewayStream
+from gateway.types import GatewayRequest
+from protos.promptwire.v1 import compress_pb2, gateway_pb2, gateway_pb2_grpc
+
+__all__ = ["SERVICE_NAME", "CompressHandler", "GrpcHandle", "start_grpc_server"]
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME: str = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
+"""``promptwire.v1.Gateway``: the service name in health checks and reflection."""
+
+CompressHandler = Callable[[Mapping[str, Any]], Awaitable[Mapping[str, Any]]]
+"""``await handler(body) -> result``: the /v1/compress logic (body and result as that route's JSON)."""
+
+STATS_KEY = "x-promptwire-stats"
+OVERHEAD_KEY = "x-promptwire-overhead-ms"
+PARAM_KEY = "x-promptwire-error-param"
+CODE_KEY = "x-promptwire-error-code"
+
+
+def _api_key(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    """The key from `authorization: Bearer KEY` or `x-api-key: KEY` metadata, None when absent."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str):
+            scheme, _, token = value.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+        elif key == "x-api-key" and isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _trailers(stream: GatewayStream | None) -> list[tuple[str, str]]:
+    if stream is None:
+        return []
+    return [(STATS_KEY, conv.stats_json(stream.stats)), (OVERHEAD_KEY, f"{stream.overhead_ms:.3f}")]
+
+
+async def _abort(
+    context: grpc.aio.ServicerContext[Any, Any], exc: PromptwireError, trailers: list[tuple[str, str]]
+) -> NoReturn:
+    """The one place a PromptwireError becomes a gRPC status."""
+    details = exc.message
+    trailers = list(trailers)
+    if exc.param:
+        path = conv.grpc_param(exc.param)
+        details = f"{details} (parameter: {path})"
+        trailers.append((PARAM_KEY, path))
+    retry_after = getattr(exc, "retry_after", None)
+    if exc.grpc_code == grpc.StatusCode.RESOURCE_EXHAUSTED and retry_after is not None:
+        trailers.append(("retry-after", f"{retry_after:g}"))
+    if exc.code:
+        trailers.append((CODE_KEY, exc.code))
+    await context.abort(exc.grpc_code, details, trailing_metadata=tuple(trailers))
+    raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+
+@asynccontextmanager
+async def _status(
+    context: grpc.aio.ServicerContext[Any, Any], trailers: Callable[[], list[tuple[str, str]]] = list
+) -> AsyncIterator[None]:
+    """Every RPC body runs inside this: gateway errors and unexpected failures become statuses here."""
+    try:
+        yield
+    except PromptwireError as exc:
+        await _abort(context, exc, trailers())
+    except grpc.aio.AbortError:
+        raise
+    except Exception:
+        logger.exception("gRPC %s failed", _method(context))
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error in the gateway", trailing_metadata=())
+
+
+def _method(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    try:
+        return str(context.peer())
+    except Exception:  # pragma: no cover - peer() only fails on a torn-down call
+        return "?"
+
+
+class _Servicer(gateway_pb2_grpc.GatewayServicer):
+    """promptwire.v1.Gateway: protobuf → GatewayRequest → Gateway → protobuf."""
+
+    def __init__(self, gateway: Gateway, compress: CompressHandler | None) -> None:
+        self._gateway = gateway
+        self._compress = compress
+
+    def _key_id(self, context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+        key = self._gateway.authenticate(_api_key(context))
+        return None if key is None else key.id
+
+    async def Generate(
+        self, request: gateway_pb2.GenerateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        await self._stream(request, context, gateway_pb2.GenerateResponse)
+
+    async def Chat(
+        self, request: gateway_pb2.ChatRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        await self._stream(request, context, gateway_pb2.ChatResponse)
+
+    async def _stream(
+        self,
+        request: gateway_pb2.GenerateRequest | gateway_pb2.ChatRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+        response: type[gateway_pb2.GenerateResponse] | type[gateway_pb2.ChatResponse],
+    ) -> None:
+        # Written with context.write rather than as an async generator so that cancellation (client
+        # gone, deadline) lands in this frame and the `finally` closes the upstream request at once.
+        received = time.perf_counter()
+        stream: GatewayStream | None = None
+        async with _status(context, lambda: _trailers(stream)):
+            try:
+                req = self._request(request, context, received)
+                stream = await self._gateway.generate_stream(req)
+                state = conv.StreamState(kind=req.kind, request_id=req.request_id)
+                async for chunk in stream:
+                    deltas = state.feed(chunk)
+                    if deltas:
+                        await context.write(response(id=state.response_id, model=state.model, choices=deltas))
+                final = state.final_fields()
+                await context.write(
+                    response(**final, stats=conv.stage_stats(stream.stats), overhead_ms=stream.overhead_ms)
+                )
+                context.set_trailing_metadata(tuple(_trailers(stream)))
+            finally:
+                if stream is not None:
+                    await stream.aclose()
+
+    def _request(
+        self,
+        request: gateway_pb2.GenerateRequest | gateway_pb2.ChatRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+        received: float,
+    ) -> GatewayRequest:
+        key_id = self._key_id(context)
+        remaining = context.time_remaining()
+        deadline = time.monotonic() + remaining if remaining is not None else None
+        request_id = f"pw-{uuid.uuid4().hex}"
+        if isinstance(request, gateway_pb2.ChatRequest):
+            req = conv.chat_request(request, request_id=request_id, deadline=deadline, received_at=received)
+        else:
+            req = conv.generate_request(
+                request, request_id=request_id, deadline=deadline, received_at=received
+            )
+        return req if key_id is None else dataclasses.replace(req, api_key_id=key_id)
+
+    async def ListModels(
+        self, request: gateway_pb2.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> gateway_pb2.ListModelsResponse:
+        async with _status(context):
+            self._key_id(context)
+            return conv.model_list(await self._gateway.list_models())
+        raise AssertionError("unreachable")  # pragma: no cover - _status returns or raises
+
+    async def Compress(
+        self, request: compress_pb2.CompressRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> compress_pb2.CompressResponse:
+        async with _status(context):
+            self._key_id(context)
+            compress = self._compress
+            if compress is None:
+                await context.abort(
+                    grpc.StatusCode.UNIMPLEMENTED,
+                    "Compress is not available on this server yet: no LLMLingua-2 compressor service is "
+                    "configured (it arrives with the compressor serving work; see docs/grpc.md)",
+                )
+                raise AssertionError("unreachable")  # pragma: no cover
+            result = await compress(conv.compress_request_dict(request))
+            return conv.compress_response(result)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def CondenseHistory(
+        self, request: gateway_pb2.CondenseHistoryRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> gateway_pb2.CondenseHistoryResponse:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, "CondenseHistory is reserved for a later release of promptwire"
+        )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class GrpcHandle:
+    """A running gRPC server: its bound port, health switch and shutdown."""
+
+    def __init__(
+        self, server: grpc.aio.Server, port: int, health_servicer: health.aio.HealthServicer, gateway: Gateway
+    ) -> None:
+        self.server = server
+        self.port = port
+        self.health = health_servicer
+        self._gateway = gateway
+        self._watch: asyncio.Task[None] | None = None
+
+    async def set_not_serving(self) -> None:
+        """Health turns NOT_SERVING, for the service and overall, for good (graceful shutdown)."""
+        await self.health.enter_graceful_shutdown()
+
+    async def _follow_readiness(self, interval_s: float) -> None:
+        """Health follows Gateway.ready() (started, not shutting down, backends ready)."""
+        while True:
+            try:
+                ready = await self._gateway.ready()
+            except Exception:
+                logger.warning("readiness check failed; gRPC health NOT_SERVING", exc_info=True)
+                ready = False
+            status = _SERVING if ready else _NOT_SERVING
+            for service in ("", SERVICE_NAME):
+                await self.health.set(service, status)
+            await asyncio.sleep(interval_s)
+
+    async def stop(self, grace: float) -> None:
+        """NOT_SERVING, stop accepting RPCs; in-flight ones get `grace` seconds, then are cancelled."""
+        await self.set_not_serving()
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        await self.server.stop(grace)
+
+
+async def start_grpc_server(
+    gateway: Gateway,
+    host: str,
+    port: int,
+    *,
+    compress: CompressHandler | None = None,
+    health_interval_s: float | None = 5.0,
+    max_message_bytes: int = 16 * 1024 * 1024,
+    **_: Any,
+) -> GrpcHandle:
+    """Serve promptwire.v1.Gateway, grpc.health.v1.Health and reflection on host:port (0: a free port).
+
+    `compress` handles the Compress RPC (the POST /v1/compress logic: request JSON in, result JSON
+    out); without it Compress answers UNIMPLEMENTED. Health starts SERVING and, with
+    `health_interval_s`, follows ``gateway.ready()`` at that period until `set_not_serving()`.
+    Unknown keyword options are ignored so callers can pass the server config through.
+    """
+    options = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.aio.server(options=options)
+    gateway_pb2_grpc.add_GatewayServicer_to_server(_Servicer(gateway, compress), server)  # type: ignore[no-untyped-call]
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+    reflection.enable_server_reflection((SERVICE_NAME, health_name, reflection.SERVICE_NAME), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"the gRPC server could not bind {host}:{port}")
+    await health_servicer.set("", _SERVING)
+    await health_servicer.set(SERVICE_NAME, _SERVING)
+    await server.start()
+    handle = GrpcHandle(server, bound, health_servicer, gateway)
+    if health_interval_s is not None:
+        handle._watch = asyncio.create_task(handle._follow_readiness(health_interval_s), name="grpc-health")
+    logger.info("gRPC server listening on %s:%s", host, bound)
+    return handle
