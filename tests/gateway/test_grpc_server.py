@@ -325,3 +325,68 @@ async def test_reserved_rpcs_are_unimplemented_with_a_message(serve: Any) -> Non
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await s.stub.CondenseHistory(gateway_pb2.CondenseHistoryRequest())
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+class DropLastWord:
+    """A real Stage (the protocol's plug point): drops the last word of the last user message."""
+
+    name = "compress"
+
+    def validate(self, options: Any) -> Any:
+        from gateway.stages.base import check_options
+
+        return check_options("compress", options, {"rate": float, "force_tokens": list})
+
+    async def apply(self, req: Any, options: Any) -> Any:
+        import dataclasses
+
+        from gateway.types import ChatMessage, StageStats
+
+        last = req.messages[-1]
+        words = last.text().split(" ")
+        new = ChatMessage(role=last.role, content=" ".join(words[:-1]), extra=last.extra)
+        stats = StageStats("compress", len(words), len(words) - 1, 0.25, choice=f"rate={options.get('rate')}",
+                           extra={"force_tokens": options.get("force_tokens", [])})  # fmt: skip
+        return dataclasses.replace(req, messages=(*req.messages[:-1], new)), stats
+
+
+async def test_stage_options_from_typed_fields_and_stats_in_trailers(upstream: UpstreamServer) -> None:
+    raw = {
+        "backends": {"up": {"type": "openai", "base_url": upstream.url}},
+        "default_stages": [{"name": "compress", "options": {"rate": 0.5}, "client_options": ["*"]}],
+    }
+    gw = Gateway(GatewayConfig.model_validate(raw), stages={"compress": lambda cfg: DropLastWord()})
+    await gw.start()
+    handle = await start_grpc_server(gw, "127.0.0.1", 0, health_interval_s=None)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{handle.port}") as channel:
+            stub = gateway_pb2_grpc.GatewayStub(channel)
+            options = options_pb2.CompressStageOptions(rate=0.25, force_tokens=["x", "y"])
+            stages = options_pb2.StageOverrides(compress=options_pb2.CompressStage(options=options))
+            messages, trailers = await _collect(stub.Chat(_chat("keep these words", stages=stages)))
+            last = messages[-1]
+            assert "".join(c.text for m in messages[:-1] for c in m.choices) == "echo: keep these"
+            [st] = last.stats
+            assert (st.stage, st.tokens_before, st.tokens_after, st.ms, st.choice) == (
+                "compress", 3, 2, 0.25, "rate=0.25"
+            )  # fmt: skip
+            assert list(st.extra["force_tokens"]) == ["x", "y"]
+            assert json.loads(trailers["x-promptwire-stats"]) == [
+                {"stage": "compress", "tokens_before": 3, "tokens_after": 2, "ms": 0.25, "choice": "rate=0.25",
+                 "extra": {"force_tokens": ["x", "y"]}}
+            ]  # fmt: skip
+            # `disabled` turns the stage off for this request
+            off = options_pb2.StageOverrides(compress=options_pb2.CompressStage(disabled=options_pb2.Disabled()))
+            messages, trailers = await _collect(stub.Chat(_chat("keep these words", stages=off)))
+            assert "".join(c.text for m in messages[:-1] for c in m.choices) == "echo: keep these words"
+            assert json.loads(trailers["x-promptwire-stats"]) == [] and not messages[-1].stats
+            # an option the stage does not know is INVALID_ARGUMENT naming the gRPC field
+            bad = options_pb2.StageOverrides(
+                compress=options_pb2.CompressStage(options=options_pb2.CompressStageOptions(target_token=5))
+            )
+            err = await _code_of(stub.Chat(_chat("x", stages=bad)))
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "(parameter: stages.compress.options.target_token)" in (err.details() or "")
+    finally:
+        await handle.stop(0)
+        await gw.aclose()

@@ -1,0 +1,223 @@
+"""Protobuf → GatewayRequest fields and OpenAI chunks → protobuf, without a server."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway import grpc_convert as conv
+from gateway.errors import InvalidRequest
+from gateway.types import StreamChunk
+from protos.promptwire.v1 import common_pb2, compress_pb2, gateway_pb2, options_pb2
+
+
+def _param(fn: object, *args: object) -> str | None:
+    with pytest.raises(InvalidRequest) as err:
+        fn(*args)  # type: ignore[operator]
+    return err.value.param
+
+
+def test_sampling_sets_only_what_the_client_set() -> None:
+    assert conv.sampling_params(options_pb2.SamplingParams(), "chat") == {}
+    s = options_pb2.SamplingParams(temperature=0.0, seed=0, logprobs=True, top_logprobs=3, stop=["\n"])
+    assert conv.sampling_params(s, "chat") == {
+        "temperature": 0.0, "seed": 0, "logprobs": True, "top_logprobs": 3, "stop": ["\n"]
+    }  # fmt: skip
+    # completions carry the number of alternatives in `logprobs`
+    assert conv.sampling_params(s, "completion") == {
+        "temperature": 0.0,
+        "seed": 0,
+        "logprobs": 3,
+        "stop": ["\n"],
+    }
+    off = options_pb2.SamplingParams(logprobs=False)
+    assert conv.sampling_params(off, "chat") == {"logprobs": False}
+    assert conv.sampling_params(off, "completion") == {}
+
+
+@pytest.mark.parametrize(
+    ("sampling", "param"),
+    [
+        (options_pb2.SamplingParams(temperature=2.5), "sampling.temperature"),
+        (options_pb2.SamplingParams(temperature=float("nan")), "sampling.temperature"),
+        (options_pb2.SamplingParams(top_p=1.5), "sampling.top_p"),
+        (options_pb2.SamplingParams(max_tokens=0), "sampling.max_tokens"),
+        (options_pb2.SamplingParams(n=0), "sampling.n"),
+        (options_pb2.SamplingParams(presence_penalty=-3), "sampling.presence_penalty"),
+        (options_pb2.SamplingParams(top_logprobs=2), "sampling.top_logprobs"),
+        (options_pb2.SamplingParams(logprobs=True, top_logprobs=21), "sampling.top_logprobs"),
+        (options_pb2.SamplingParams(extra_json="{"), "sampling.extra_json"),
+        (options_pb2.SamplingParams(extra_json="[1]"), "sampling.extra_json"),
+        (options_pb2.SamplingParams(extra_json='{"temperature": 1}'), "sampling.extra_json.temperature"),
+        (options_pb2.SamplingParams(extra_json='{"stream": false}'), "sampling.extra_json.stream"),
+        (
+            options_pb2.SamplingParams(
+                response_format=options_pb2.ResponseFormat(
+                    json_schema=options_pb2.JsonSchemaFormat(name="x", schema_json="{")
+                )
+            ),
+            "sampling.response_format.json_schema.schema_json",
+        ),
+        (
+            options_pb2.SamplingParams(
+                response_format=options_pb2.ResponseFormat(json_schema=options_pb2.JsonSchemaFormat())
+            ),
+            "sampling.response_format.json_schema.name",
+        ),
+    ],
+)
+def test_bad_sampling_names_the_field(sampling: options_pb2.SamplingParams, param: str) -> None:
+    assert _param(conv.sampling_params, sampling, "chat") == param
+
+
+def test_response_formats() -> None:
+    for which, expected in (("text", {"type": "text"}), ("json_object", {"type": "json_object"})):
+        rf = options_pb2.ResponseFormat(**{which: {}})
+        assert conv.sampling_params(options_pb2.SamplingParams(response_format=rf), "chat") == {
+            "response_format": expected
+        }
+    js = options_pb2.JsonSchemaFormat(name="n", schema_json='{"maxLength": 5}', strict=True, description="d")
+    params = conv.sampling_params(
+        options_pb2.SamplingParams(response_format=options_pb2.ResponseFormat(json_schema=js)), "chat"
+    )
+    schema = params["response_format"]["json_schema"]
+    assert schema == {"name": "n", "description": "d", "schema": {"maxLength": 5}, "strict": True}
+    assert isinstance(schema["schema"]["maxLength"], int)  # integers survive exactly
+
+
+def test_stage_overrides() -> None:
+    assert conv.stage_options(options_pb2.StageOverrides()) == {}
+    protections = options_pb2.Protections(urls=False, numbers=True)
+    stages = options_pb2.StageOverrides(
+        compress=options_pb2.CompressStage(
+            options=options_pb2.CompressStageOptions(
+                rate=0.4, target_token=0, roles=["system"], protections=protections, drop_consecutive=False
+            )
+        ),
+        conjugate=options_pb2.ConjugateStage(disabled=options_pb2.Disabled()),
+        select_prompt=options_pb2.SelectPromptStage(options=options_pb2.SelectPromptOptions()),
+    )
+    assert conv.stage_options(stages) == {
+        "compress": {
+            "rate": 0.4, "target_token": 0, "drop_consecutive": False, "roles": ["system"],
+            "protections": {"urls": False, "numbers": True},
+        },
+        "conjugate": False,
+        "select_prompt": {},
+    }  # fmt: skip
+    empty = options_pb2.StageOverrides(compress=options_pb2.CompressStage())
+    assert _param(conv.stage_options, empty) == "stages.compress"
+
+
+def test_decoders() -> None:
+    assert conv.decoder_dict(options_pb2.DecoderOptions()) is None
+    trie = options_pb2.TrieDecoder(
+        labels=["billing", "bug"], separator=", ", max_labels=2, mode=options_pb2.TRIE_MODE_ANY, scoring=True
+    )
+    assert conv.decoder_dict(options_pb2.DecoderOptions(trie=trie)) == {
+        "name": "trie", "labels": ["billing", "bug"], "separator": ", ", "max_labels": 2, "mode": "any",
+        "scoring": True,
+    }  # fmt: skip
+    plain = options_pb2.DecoderOptions(trie=options_pb2.TrieDecoder(labels=["a"]))
+    assert conv.decoder_dict(plain) == {"name": "trie", "labels": ["a"]}
+    assert conv.decoder_dict(options_pb2.DecoderOptions(uscd=options_pb2.UscdDecoder())) == {"name": "uscd"}
+
+
+def test_requests() -> None:
+    msg = gateway_pb2.ChatRequest(
+        model="m",
+        messages=[
+            common_pb2.ChatMessage(role="system", content="be brief"),
+            common_pb2.ChatMessage(role="tool", content="42", tool_call_id="call_1", name="calc"),
+        ],
+        request_id="client-id",
+    )
+    req = conv.chat_request(msg, request_id="generated", deadline=12.5, received_at=1.0)
+    assert req.request_id == "client-id" and req.deadline == 12.5 and req.stream
+    assert [m.to_dict() for m in req.messages] == [
+        {"role": "system", "content": "be brief"},
+        {"role": "tool", "content": "42", "name": "calc", "tool_call_id": "call_1"},
+    ]
+    gen = conv.generate_request(
+        gateway_pb2.GenerateRequest(model="m", prompt="p"), request_id="g", deadline=None, received_at=0.0
+    )
+    assert (gen.kind, gen.prompt, gen.request_id) == ("completion", "p", "g")
+    assert gen.params == {"stream_options": {"include_usage": True}}
+    kw = {"request_id": "r", "deadline": None, "received_at": 0.0}
+    assert _param(lambda: conv.generate_request(gateway_pb2.GenerateRequest(prompt="p"), **kw)) == "model"
+    assert _param(lambda: conv.chat_request(gateway_pb2.ChatRequest(model="m"), **kw)) == "messages"
+    no_role = gateway_pb2.ChatRequest(model="m", messages=[common_pb2.ChatMessage(content="x")])
+    assert _param(lambda: conv.chat_request(no_role, **kw)) == "messages[0].role"
+
+
+@pytest.mark.parametrize(
+    ("core", "grpc_field"),
+    [
+        ("temperature", "sampling.temperature"),
+        ("max_completion_tokens", "sampling.max_tokens"),
+        ("promptwire.compress.rate", "stages.compress.options.rate"),
+        ("promptwire.conjugate", "stages.conjugate"),
+        ("promptwire.decoder.name", "decoder"),
+        ("promptwire.decoder.labels", "decoder.<name>.labels"),
+        ("model", "model"),
+        ("messages", "messages"),
+    ],
+)
+def test_core_parameter_names_map_to_grpc_fields(core: str, grpc_field: str) -> None:
+    assert conv.grpc_param(core) == grpc_field
+
+
+def test_stream_state_chat_and_completion() -> None:
+    chat = conv.StreamState(kind="chat", request_id="r")
+    first = StreamChunk({"id": "c1", "model": "m", "choices": [{"index": 0, "delta": {"role": "assistant"}}]})
+    assert [(d.role, d.text) for d in chat.feed(first)] == [("assistant", "")]
+    lp = {"content": [{"token": "hi", "logprob": -0.5, "bytes": [104, 105],
+                       "top_logprobs": [{"token": "yo", "logprob": -1.0, "bytes": None}]}]}  # fmt: skip
+    [d] = chat.feed(StreamChunk({"choices": [{"index": 0, "delta": {"content": "hi"}, "logprobs": lp}]}))
+    assert (d.text, d.logprobs[0].token, d.logprobs[0].logprob, d.logprobs[0].bytes) == (
+        "hi",
+        "hi",
+        -0.5,
+        b"hi",
+    )
+    assert d.logprobs[0].top_logprobs[0].token == "yo"
+    assert chat.feed(StreamChunk({"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]})) == []
+    assert (
+        chat.feed(StreamChunk({"choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": 1}})) == []
+    )
+    final = chat.final_fields()
+    assert (final["id"], final["model"], final["done"]) == ("c1", "m", True)
+    assert [(c.index, c.finish_reason) for c in final["choices"]] == [(0, "length")]
+    assert (final["usage"].prompt_tokens, final["usage"].total_tokens) == (2, 3)
+
+    comp = conv.StreamState(kind="completion", request_id="r")
+    lp2 = {
+        "tokens": ["a", "b"],
+        "token_logprobs": [-0.1, None],
+        "top_logprobs": [{"a": -0.1, "c": -2.0}, None],
+    }
+    [d] = comp.feed(
+        StreamChunk({"choices": [{"index": 1, "text": "ab", "logprobs": lp2, "finish_reason": "stop"}]})
+    )
+    assert (d.index, d.text, [t.token for t in d.logprobs]) == (1, "ab", ["a", "b"])
+    assert [t.token for t in d.logprobs[0].top_logprobs] == ["a", "c"]
+    assert comp.final_fields()["usage"] is None
+    assert [(c.index, c.finish_reason) for c in comp.final_fields()["choices"]] == [(1, "stop")]
+
+
+def test_compress_request_body() -> None:
+    req = compress_pb2.CompressRequest(
+        text="hello", rate=0.5, force_tokens=["\n"], compat=compress_pb2.COMPAT_MODE_LLMLINGUA,
+        token_to_word=compress_pb2.TOKEN_TO_WORD_FIRST, return_word_labels=True,
+        protections=options_pb2.Protections(json=False),
+    )  # fmt: skip
+    assert conv.compress_request_dict(req) == {
+        "text": "hello", "rate": 0.5, "force_tokens": ["\n"], "compat": "llmlingua", "token_to_word": "first",
+        "return_word_labels": True, "protections": {"json": False},
+    }  # fmt: skip
+    ctx = compress_pb2.CompressRequest(contexts=compress_pb2.TextList(items=["a", "b"]), target_token=-1)
+    assert conv.compress_request_dict(ctx) == {"contexts": ["a", "b"], "target_token": -1}
+    chat = compress_pb2.CompressRequest(
+        messages=compress_pb2.ChatMessageList(messages=[common_pb2.ChatMessage(role="user", content="q")])
+    )
+    assert conv.compress_request_dict(chat) == {"messages": [{"role": "user", "content": "q"}]}
+    assert _param(conv.compress_request_dict, compress_pb2.CompressRequest(rate=0.5)) == "input"
