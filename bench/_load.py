@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import httptools
+from _servers import cpu_seconds
 from _upstream import run_loop
 
 __all__ = ["Phase", "PhaseResult", "Target", "main", "run_phase"]
@@ -30,6 +31,7 @@ class Target:
     path: str = "/v1/chat/completions"
     model: str = "bench-model"
     api_key: str = "sk-bench"
+    pids: tuple[int, ...] = ()  # server processes whose CPU time each phase records
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class PhaseResult:
     errors: int = 0
     error_sample: str = ""
     elapsed_s: float = 0.0
+    cpu_s: float = 0.0  # CPU seconds the target's processes used during the phase
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -65,6 +68,7 @@ class PhaseResult:
             "errors": self.errors,
             "error_sample": self.error_sample,
             "elapsed_s": self.elapsed_s,
+            "cpu_s": self.cpu_s,
         }
 
 
@@ -204,11 +208,13 @@ async def run_phase(target: Target, phase: Phase) -> PhaseResult:
         conn.close()
 
     tasks = [asyncio.create_task(worker(c)) for c in conns]
+    cpu0 = cpu_seconds(list(target.pids))
     t_start = time.perf_counter()
     deadline[0] = t_start + phase.max_s
     start.set()
     await asyncio.gather(*tasks)
     result.elapsed_s = time.perf_counter() - t_start
+    result.cpu_s = cpu_seconds(list(target.pids)) - cpu0
     return result
 
 
@@ -218,7 +224,7 @@ def _expire(fut: asyncio.Future[tuple[int, float, float]]) -> None:
 
 
 async def _run_plan(plan: dict[str, Any], out_path: str) -> None:
-    targets = {t["name"]: Target(**t) for t in plan["targets"]}
+    targets = {t["name"]: Target(**{**t, "pids": tuple(t.get("pids", ()))}) for t in plan["targets"]}
     results: list[dict[str, Any]] = []
     for i, p in enumerate(plan["phases"]):
         phase = Phase(**p)
