@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 
 from gateway import grpc_convert as conv
 from gateway.errors import PromptwireError
+from gateway.metrics import Metrics
 from gateway.service import Gateway, GatewayStream
 from gateway.types import GatewayRequest
 from protos.promptwire.v1 import compress_pb2, gateway_pb2, gateway_pb2_grpc
@@ -36,6 +37,7 @@ STATS_KEY = "x-promptwire-stats"
 OVERHEAD_KEY = "x-promptwire-overhead-ms"
 PARAM_KEY = "x-promptwire-error-param"
 CODE_KEY = "x-promptwire-error-code"
+_MAX_MODEL_LABELS = 1000
 
 
 def _api_key(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
@@ -50,10 +52,20 @@ def _api_key(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
     return None
 
 
-def _trailers(stream: GatewayStream | None) -> list[tuple[str, str]]:
-    if stream is None:
-        return []
-    return [(STATS_KEY, conv.stats_json(stream.stats)), (OVERHEAD_KEY, f"{stream.overhead_ms:.3f}")]
+def _request_id(context: grpc.aio.ServicerContext[Any, Any], field: str) -> str:
+    """The client's id (request field, else `x-request-id` metadata) when sane, else a fresh one."""
+    candidates = [field, *(v for k, v in context.invocation_metadata() or () if k == "x-request-id")]
+    for raw in candidates:
+        if isinstance(raw, str) and raw and len(raw) <= 200 and raw.isascii() and raw.isprintable():
+            return raw
+    return uuid.uuid4().hex
+
+
+def _trailers(request_id: str | None, stream: GatewayStream | None) -> list[tuple[str, str]]:
+    out = [] if request_id is None else [("x-request-id", request_id)]
+    if stream is not None:
+        out += [(STATS_KEY, conv.stats_json(stream.stats)), (OVERHEAD_KEY, f"{stream.overhead_ms:.3f}")]
+    return out
 
 
 async def _abort(
@@ -77,21 +89,25 @@ async def _abort(
 
 @asynccontextmanager
 async def _status(
-    context: grpc.aio.ServicerContext[Any, Any], trailers: Callable[[], list[tuple[str, str]]] = list
+    context: grpc.aio.ServicerContext[Any, Any],
+    metrics: Metrics,
+    trailers: Callable[[], list[tuple[str, str]]] = list,
 ) -> AsyncIterator[None]:
     """Every RPC body runs inside this: gateway errors and unexpected failures become statuses here."""
     try:
         yield
     except PromptwireError as exc:
+        metrics.errors.labels(str(exc.http_status), str(exc.code)).inc()
         await _abort(context, exc, trailers())
     except grpc.aio.AbortError:
         raise
     except Exception:
-        logger.exception("gRPC %s failed", _method(context))
+        logger.exception("gRPC call from %s failed", _peer(context))
+        metrics.errors.labels("500", "internal_error").inc()
         await context.abort(grpc.StatusCode.INTERNAL, "internal error in the gateway", trailing_metadata=())
 
 
-def _method(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+def _peer(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     try:
         return str(context.peer())
     except Exception:  # pragma: no cover - peer() only fails on a torn-down call
@@ -104,6 +120,7 @@ class _Servicer(gateway_pb2_grpc.GatewayServicer):
     def __init__(self, gateway: Gateway, compress: CompressHandler | None) -> None:
         self._gateway = gateway
         self._compress = compress
+        self._model_labels: set[str] = set()
 
     def _key_id(self, context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
         key = self._gateway.authenticate(_api_key(context))
@@ -128,35 +145,65 @@ class _Servicer(gateway_pb2_grpc.GatewayServicer):
         # Written with context.write rather than as an async generator so that cancellation (client
         # gone, deadline) lands in this frame and the `finally` closes the upstream request at once.
         received = time.perf_counter()
+        kind = "chat" if isinstance(request, gateway_pb2.ChatRequest) else "completion"
+        request_id: str | None = None
         stream: GatewayStream | None = None
-        async with _status(context, lambda: _trailers(stream)):
-            try:
-                req = self._request(request, context, received)
-                stream = await self._gateway.generate_stream(req)
-                state = conv.StreamState(kind=req.kind, request_id=req.request_id)
-                async for chunk in stream:
-                    deltas = state.feed(chunk)
-                    if deltas:
-                        await context.write(response(id=state.response_id, model=state.model, choices=deltas))
-                final = state.final_fields()
-                await context.write(
-                    response(**final, stats=conv.stage_stats(stream.stats), overhead_ms=stream.overhead_ms)
-                )
-                context.set_trailing_metadata(tuple(_trailers(stream)))
-            finally:
-                if stream is not None:
-                    await stream.aclose()
+        status = 499  # what the request counts as if it is cancelled (client gone / deadline)
+        try:
+            async with _status(context, self._gateway.metrics, lambda: _trailers(request_id, stream)):
+                try:
+                    request_id = _request_id(context, request.request_id)
+                    req = self._request(request, context, request_id, received)
+                    stream = await self._gateway.generate_stream(req)
+                    await context.send_initial_metadata((("x-request-id", request_id),))
+                    state = conv.StreamState(kind=req.kind, request_id=request_id)
+                    async for chunk in stream:
+                        deltas = state.feed(chunk)
+                        if deltas:
+                            await context.write(
+                                response(id=state.response_id, model=state.model, choices=deltas)
+                            )
+                    final = state.final_fields()
+                    stats = conv.stage_stats(stream.stats)
+                    await context.write(response(**final, stats=stats, overhead_ms=stream.overhead_ms))
+                    context.set_trailing_metadata(tuple(_trailers(None, stream)))
+                    status = 200
+                except PromptwireError as exc:
+                    status = exc.http_status
+                    if stream is not None:
+                        logger.warning(
+                            "request %s: stream failed after it started: %s", request_id, exc.message
+                        )
+                    raise
+                except grpc.aio.AbortError:
+                    raise
+                except Exception:
+                    status = 500
+                    raise
+                finally:
+                    if stream is not None:
+                        await stream.aclose()
+        finally:
+            self._count(request.model, kind, status)
+
+    def _count(self, model: str, kind: str, status: int) -> None:
+        if model not in self._model_labels:
+            if len(self._model_labels) >= _MAX_MODEL_LABELS:
+                model = "other"  # model names come from clients: bound the label set
+            else:
+                self._model_labels.add(model)
+        self._gateway.metrics.requests.labels(model, kind, "true", str(status)).inc()
 
     def _request(
         self,
         request: gateway_pb2.GenerateRequest | gateway_pb2.ChatRequest,
         context: grpc.aio.ServicerContext[Any, Any],
+        request_id: str,
         received: float,
     ) -> GatewayRequest:
         key_id = self._key_id(context)
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
-        request_id = f"pw-{uuid.uuid4().hex}"
         if isinstance(request, gateway_pb2.ChatRequest):
             req = conv.chat_request(request, request_id=request_id, deadline=deadline, received_at=received)
         else:
@@ -168,7 +215,7 @@ class _Servicer(gateway_pb2_grpc.GatewayServicer):
     async def ListModels(
         self, request: gateway_pb2.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> gateway_pb2.ListModelsResponse:
-        async with _status(context):
+        async with _status(context, self._gateway.metrics):
             self._key_id(context)
             return conv.model_list(await self._gateway.list_models())
         raise AssertionError("unreachable")  # pragma: no cover - _status returns or raises
@@ -176,7 +223,7 @@ class _Servicer(gateway_pb2_grpc.GatewayServicer):
     async def Compress(
         self, request: compress_pb2.CompressRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> compress_pb2.CompressResponse:
-        async with _status(context):
+        async with _status(context, self._gateway.metrics):
             self._key_id(context)
             compress = self._compress
             if compress is None:

@@ -93,7 +93,9 @@ async def _collect(call: Any) -> tuple[list[Any], dict[str, str]]:
 
 async def test_chat_streams_deltas_then_finish_reason_usage_and_stats(serve: Any) -> None:
     s = await serve()
-    messages, trailers = await _collect(s.stub.Chat(_chat("hello big world")))
+    call = s.stub.Chat(_chat("hello big world"), metadata=(("x-request-id", "client-req-1"),))
+    messages, trailers = await _collect(call)
+    assert ("x-request-id", "client-req-1") in tuple(await call.initial_metadata())
     *deltas, last = messages
     assert len(deltas) >= 4  # one word per upstream chunk, not buffered into one message
     assert "".join(c.text for m in deltas for c in m.choices) == "echo: hello big world"
@@ -111,8 +113,10 @@ async def test_chat_streams_deltas_then_finish_reason_usage_and_stats(serve: Any
     assert body is not None and body["stream"] is True and body["stream_options"] == {"include_usage": True}
     assert body["messages"] == [{"role": "user", "content": "hello big world"}]
     [req] = s.gateway.seen
-    assert req.kind == "chat" and req.deadline is None and req.request_id.startswith("pw-")
-    assert s.upstream.requests[-1].headers.get("x-request-id") == req.request_id
+    assert req.kind == "chat" and req.deadline is None and req.request_id == "client-req-1"
+    assert s.upstream.requests[-1].headers.get("x-request-id") == "client-req-1"
+    labels = {"model": "test-model", "kind": "chat", "stream": "true", "code": "200"}
+    assert s.gateway.metrics.registry.get_sample_value("promptwire_requests_total", labels) == 1
 
 
 async def test_generate_passes_sampling_params_and_reports_length(serve: Any) -> None:
@@ -217,6 +221,9 @@ async def test_invalid_argument_names_the_parameter(serve: Any) -> None:
     err = await _code_of(s.stub.Chat(bad))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "sampling.temperature" in (err.details() or "")
+    assert s.gateway.metrics.registry.get_sample_value(
+        "promptwire_errors_total", {"status": "400", "code": "None"}
+    ) == 1
     assert ("x-promptwire-error-param", "sampling.temperature") in tuple(err.trailing_metadata() or ())
     # a parameter the gateway core rejects is named by its gRPC field too
     trie = options_pb2.DecoderOptions(trie=options_pb2.TrieDecoder(labels=["a", "b"]))
