@@ -27,7 +27,10 @@ __all__ = [
     "apply_env",
     "default_config_text",
     "load_config",
+    "load_raw",
     "parse_config",
+    "parse_raw",
+    "validate_config",
 ]
 
 ENV_PREFIX = "PROMPTWIRE_"
@@ -238,18 +241,12 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
-def parse_config(text: str, source: str = "<config>", env: Mapping[str, str] | None = None) -> GatewayConfig:
-    """Parse and validate YAML text; ``env`` overrides (default: none)."""
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{source}: not valid YAML: {e}") from None
+def validate_config(raw: Any, source: str) -> GatewayConfig:
+    """Validate a parsed YAML tree; errors name ``source``, the key path and the reason."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: (top level): must be a mapping, got {type(raw).__name__}")
-    if env:
-        raw = apply_env(raw, env)
     try:
         return GatewayConfig.model_validate(raw)
     except ValidationError as e:
@@ -260,14 +257,43 @@ def parse_config(text: str, source: str = "<config>", env: Mapping[str, str] | N
         raise ConfigError("\n".join(lines)) from None
 
 
-def load_config(path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> GatewayConfig:
-    """Load FILE (or the embedded default when None) and apply ``env`` overrides (default os.environ)."""
+def parse_raw(text: str, source: str, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """YAML text -> tree with ``env`` overrides applied (not validated yet)."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML: {e}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: (top level): must be a mapping, got {type(raw).__name__}")
+    tree: dict[str, Any] = raw
+    if env:
+        tree = apply_env(tree, env)
+    return tree
+
+
+def load_raw(
+    path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None
+) -> tuple[dict[str, Any], str]:
+    """FILE's tree (or the embedded default's when None) with env overrides, and its name for errors."""
     env = os.environ if env is None else env
     if path is None:
-        return parse_config(default_config_text(), "<embedded default.yaml>", env)
+        return parse_raw(default_config_text(), "<embedded default.yaml>", env), "<embedded default.yaml>"
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
-    return parse_config(text, str(p), env)
+    return parse_raw(text, str(p), env), str(p)
+
+
+def parse_config(text: str, source: str = "<config>", env: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Parse and validate YAML text; ``env`` overrides (default: none)."""
+    return validate_config(parse_raw(text, source, env), source)
+
+
+def load_config(path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Load FILE (or the embedded default when None) and apply ``env`` overrides (default os.environ)."""
+    raw, source = load_raw(path, env)
+    return validate_config(raw, source)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import socket
 import threading
@@ -131,13 +132,29 @@ class _App:
             msg = f"The model `{model}` does not exist"
             await self._send(send, 404, _error(404, msg, "invalid_request_error", "model_not_found", "model"))
             return
-        if k.latency_s:
-            await asyncio.sleep(k.latency_s)
-        chat = path == "/v1/chat/completions"
-        if parsed.get("stream"):
-            await self._stream(parsed, chat, receive, send)
-        else:
-            await self._send(send, 200, json.dumps(self._complete(parsed, chat)).encode())
+        gone = asyncio.Event()
+        watcher = asyncio.create_task(self._watch(receive, gone))
+        try:
+            if k.latency_s:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(gone.wait(), k.latency_s)
+                if gone.is_set():
+                    self.disconnects += 1
+                    return
+            chat = path == "/v1/chat/completions"
+            if parsed.get("stream"):
+                await self._stream(parsed, chat, gone, send)
+            else:
+                await self._send(send, 200, json.dumps(self._complete(parsed, chat)).encode())
+        finally:
+            watcher.cancel()
+
+    async def _watch(self, receive: Receive, gone: asyncio.Event) -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                gone.set()
+                return
 
     async def _send(self, send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
@@ -194,7 +211,7 @@ class _App:
         return {"id": ident, "object": "chat.completion" if chat else "text_completion", "created": created,
                 "model": req["model"], "choices": choices, "usage": usage, "system_fingerprint": "fp_upstream"}
 
-    async def _stream(self, req: dict[str, Any], chat: bool, receive: Receive, send: Send) -> None:
+    async def _stream(self, req: dict[str, Any], chat: bool, gone: asyncio.Event, send: Send) -> None:
         words, finish, n_prompt = self._reply(req, chat)
         n = int(req.get("n") or 1)
         ident, created = self._ident(chat)
@@ -232,39 +249,21 @@ class _App:
         events.append(b"data: [DONE]\n\n")
 
         self.streams_started += 1
-        gone = asyncio.Event()
-
-        async def watch() -> None:
-            while True:
-                msg = await receive()
-                if msg["type"] == "http.disconnect":
-                    gone.set()
-                    return
-
-        watcher = asyncio.create_task(watch())
-        try:
-            await send({"type": "http.response.start", "status": 200, "headers": [
-                (b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
-            for i, ev in enumerate(events):
-                if self.knobs.die_after_chunks is not None and i >= self.knobs.die_after_chunks:
-                    # abort the connection with a half-sent chunked body: what a crashing server looks like
-                    raise ConnectionAbortedError("injected mid-stream failure")
-                if gone.is_set():
-                    self.disconnects += 1
-                    return
-                if i and self.knobs.chunk_delay_s:
-                    try:
-                        await asyncio.wait_for(gone.wait(), self.knobs.chunk_delay_s)
-                    except TimeoutError:
-                        pass
-                    if gone.is_set():
-                        self.disconnects += 1
-                        return
-                await send({"type": "http.response.body", "body": ev, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            self.streams_completed += 1
-        finally:
-            watcher.cancel()
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
+        for i, ev in enumerate(events):
+            if self.knobs.die_after_chunks is not None and i >= self.knobs.die_after_chunks:
+                # abort the connection with a half-sent chunked body: what a crashing server looks like
+                raise ConnectionAbortedError("injected mid-stream failure")
+            if i and self.knobs.chunk_delay_s:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(gone.wait(), self.knobs.chunk_delay_s)
+            if gone.is_set():
+                self.disconnects += 1
+                return
+            await send({"type": "http.response.body", "body": ev, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        self.streams_completed += 1
 
 
 def make_app(knobs: Knobs | None = None) -> _App:

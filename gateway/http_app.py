@@ -1,0 +1,312 @@
+"""The HTTP front end: OpenAI-compatible routes on Starlette, SSE pass-through, one error handler."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from gateway.errors import BodyTooLarge, InvalidRequest, Overloaded, PromptwireError, UpstreamStatusError
+from gateway.http_models import ChatCompletionRequest, CompletionRequest, openapi_document
+from gateway.metrics import CONTENT_TYPE
+from gateway.service import Gateway, GatewayStream
+from gateway.types import ChatMessage, GatewayRequest, RequestKind, StageStats
+
+__all__ = ["create_app", "error_response"]
+
+logger = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_CORE_KEYS = frozenset({"model", "messages", "prompt", "stream", "promptwire"})
+_SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+                (b"x-accel-buffering", b"no")]
+_DONE = b"data: [DONE]\n\n"
+_MAX_MODEL_LABELS = 200
+
+
+def error_response(exc: PromptwireError, request_id: str | None = None) -> Response:
+    """The one place a PromptwireError becomes an HTTP response (OpenAI's error JSON)."""
+    headers: dict[str, str] = {}
+    retry_after = getattr(exc, "retry_after", None)
+    if isinstance(exc, Overloaded | UpstreamStatusError) and retry_after is not None:
+        headers["retry-after"] = str(max(1, round(retry_after)))
+    if request_id:
+        headers["x-request-id"] = request_id
+    return JSONResponse(exc.to_openai(), status_code=exc.http_status, headers=headers)
+
+
+def _stats_header(stats: Sequence[StageStats]) -> bytes:
+    if not stats:
+        return b"[]"
+    return json.dumps([s.to_dict() for s in stats], separators=(",", ":")).encode()
+
+
+def _param_of(err: dict[str, Any]) -> str:
+    out = ""
+    for part in err.get("loc", ()):
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _request_id(raw: bytes | None) -> str:
+    if raw and len(raw) <= 200 and raw.isascii():
+        text = raw.decode()
+        if text.isprintable():
+            return text
+    return uuid.uuid4().hex
+
+
+class _Generate:
+    """POST /v1/chat/completions and /v1/completions as a raw ASGI app (the hot path)."""
+
+    def __init__(self, gateway: Gateway, kind: RequestKind) -> None:
+        self.gw = gateway
+        self.kind: RequestKind = kind
+        self.model_cls: type[BaseModel] = ChatCompletionRequest if kind == "chat" else CompletionRequest
+        self._model_labels: set[str] = set()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        t0 = time.perf_counter()
+        gw = self.gw
+        auth = rid = clen = xkey = None
+        for k, v in scope["headers"]:
+            if k == b"authorization":
+                auth = v
+            elif k == b"x-request-id":
+                rid = v
+            elif k == b"content-length":
+                clen = v
+            elif k == b"x-api-key":
+                xkey = v
+        request_id = _request_id(rid)
+        scope["promptwire.request_id"] = request_id  # for the exception handler
+        token: str | None = None
+        if auth is not None:
+            scheme, _, rest = auth.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer":
+                token = rest.strip()
+        elif xkey is not None:
+            token = xkey.decode("latin-1")
+        key = gw.authenticate(token)
+        limit = gw.config.limits.max_body_bytes
+        if clen is not None and clen.isdigit() and int(clen) > limit:
+            raise BodyTooLarge(f"request body is {int(clen)} bytes, over the limit of {limit}")
+        body = await _read_body(receive, limit)
+        if body is None:
+            return  # client left before sending its whole body: nobody to answer
+        req = self._parse(body, request_id, key.id if key is not None else None, t0)
+
+        # Client gone (disconnect) -> cancel this task: the provider call is cancelled and its upstream
+        # connection closed at once.
+        task = asyncio.current_task()
+        assert task is not None
+        gone = asyncio.Event()
+        watcher = asyncio.create_task(_watch_disconnect(receive, gone, task))
+        try:
+            if req.stream:
+                stream = await gw.generate_stream(req)
+            else:
+                completion, stats, overhead_ms = await gw.generate(req)
+        except asyncio.CancelledError:
+            if gone.is_set():
+                self._count(req.model, 499)
+                logger.info("request %s: client disconnected before the response", request_id)
+                return
+            raise
+        finally:
+            if not req.stream:
+                watcher.cancel()
+        if not req.stream:
+            raw = completion.to_bytes()
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(raw)).encode()),
+                (b"x-request-id", request_id.encode()),
+                (b"x-promptwire-overhead-ms", f"{overhead_ms:.3f}".encode()),
+                (b"x-promptwire-stats", _stats_header(stats)),
+            ]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": raw})
+            self._count(req.model, 200)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("request %s done", request_id, extra={"request_id": request_id, "model": req.model,
+                             "overhead_ms": round(overhead_ms, 3), "stages": [s.to_dict() for s in stats]})
+            return
+        await self._stream(stream, request_id, send, gone, watcher)
+
+    def _parse(self, body: bytes, request_id: str, key_id: str | None, t0: float) -> GatewayRequest:
+        try:
+            data = json.loads(body)
+        except ValueError as e:
+            raise InvalidRequest(f"request body is not valid JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise InvalidRequest("request body must be a JSON object")
+        try:
+            self.model_cls.model_validate(data)
+        except ValidationError as e:
+            err = e.errors()[0]
+            param = _param_of(dict(err))
+            raise InvalidRequest(f"{param}: {err['msg']}" if param else err["msg"], param=param or None) from None
+        params = {k: v for k, v in data.items() if k not in _CORE_KEYS}
+        ext = data.get("promptwire") or {}
+        decoder = ext.get("decoder")
+        stage_options = {k: v for k, v in ext.items() if k != "decoder" and v is not None}
+        if self.kind == "chat":
+            return GatewayRequest(
+                request_id, "chat", data["model"], tuple(ChatMessage.from_dict(m) for m in data["messages"]),
+                None, params, bool(data.get("stream")), stage_options, decoder, key_id, None, t0,
+            )
+        return GatewayRequest(
+            request_id, "completion", data["model"], (), data["prompt"], params, bool(data.get("stream")),
+            stage_options, decoder, key_id, None, t0,
+        )
+
+    async def _stream(
+        self, stream: GatewayStream, request_id: str, send: Send, gone: asyncio.Event, watcher: asyncio.Task[None]
+    ) -> None:
+        model = stream.request.model
+        status = 200
+        try:
+            headers = [
+                *_SSE_HEADERS,
+                (b"x-request-id", request_id.encode()),
+                (b"x-promptwire-overhead-ms", f"{stream.overhead_ms:.3f}".encode()),
+                (b"x-promptwire-stats", _stats_header(stream.stats)),
+            ]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            try:
+                async for chunk in stream:
+                    await send({"type": "http.response.body", "body": b"data: " + chunk.to_bytes() + b"\n\n",
+                                "more_body": True})
+            except PromptwireError as e:
+                # headers are gone: end the stream with an error event (and no [DONE]) so SDKs raise
+                status = e.http_status
+                logger.warning("request %s: stream failed after it started: %s", request_id, e.message)
+                self.gw.metrics.errors.labels(str(e.http_status), str(e.code)).inc()
+                payload = json.dumps(e.to_openai(), separators=(",", ":")).encode()
+                await send({"type": "http.response.body", "body": b"data: " + payload + b"\n\n",
+                            "more_body": False})
+                return
+            await send({"type": "http.response.body", "body": _DONE, "more_body": False})
+        except asyncio.CancelledError:
+            if gone.is_set():
+                status = 499
+                logger.info("request %s: client disconnected mid-stream", request_id)
+                return
+            raise
+        finally:
+            watcher.cancel()
+            await stream.aclose()
+            self._count(model, status)
+
+    def _count(self, model: str, status: int) -> None:
+        labels = self._model_labels
+        if model not in labels:
+            if len(labels) >= _MAX_MODEL_LABELS:
+                model = "other"  # model names come from clients: bound the label set
+            else:
+                labels.add(model)
+        self.gw.metrics.requests.labels(model, self.kind, "", str(status)).inc()
+
+
+async def _watch_disconnect(receive: Receive, gone: asyncio.Event, task: asyncio.Task[Any]) -> None:
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            gone.set()
+            task.cancel()
+            return
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            return None
+        part = msg.get("body", b"")
+        if part:
+            size += len(part)
+            if size > limit:
+                raise BodyTooLarge(f"request body is over the limit of {limit} bytes")
+            chunks.append(part)
+        if not msg.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def create_app(gateway: Gateway, *, extra_routes: Sequence[BaseRoute] = (), version: str = "0.1.0") -> Starlette:
+    """The ASGI app serving ``gateway``. ``extra_routes`` (e.g. POST /v1/compress) are added as-is."""
+    openapi = json.dumps(openapi_document(version)).encode()
+
+    async def models(request: Request) -> Response:
+        data = [m.to_openai() for m in await gateway.list_models()]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        if await gateway.ready():
+            return JSONResponse({"status": "ready"})
+        reason = "shutting down" if gateway.shutting_down else "not ready (backends unreachable or starting)"
+        return JSONResponse({"status": reason}, status_code=503)
+
+    async def metrics(request: Request) -> Response:
+        return Response(gateway.metrics.render(), media_type=CONTENT_TYPE)
+
+    async def openapi_json(request: Request) -> Response:
+        return Response(openapi, media_type="application/json")
+
+    async def on_error(request: Request, exc: Exception) -> Response:
+        rid = request.scope.get("promptwire.request_id")
+        if isinstance(exc, PromptwireError):
+            gateway.metrics.errors.labels(str(exc.http_status), str(exc.code)).inc()
+            if exc.http_status >= 500:
+                logger.warning("request %s: %s %s", rid, exc.http_status, exc.message)
+            else:
+                logger.info("request %s: %s %s", rid, exc.http_status, exc.message)
+            return error_response(exc, rid)
+        if isinstance(exc, HTTPException):
+            body = {"error": {"message": str(exc.detail), "type": "invalid_request_error", "param": None,
+                              "code": "not_found" if exc.status_code == 404 else None}}
+            return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+        logger.exception("request %s: unexpected error", rid, exc_info=exc)
+        gateway.metrics.errors.labels("500", "internal_error").inc()
+        body = {"error": {"message": "internal error in the gateway", "type": "server_error", "param": None,
+                          "code": "internal_error"}}
+        return JSONResponse(body, status_code=500)
+
+    routes: list[BaseRoute] = [
+        Route("/v1/chat/completions", _Generate(gateway, "chat"), methods=["POST"]),
+        Route("/v1/completions", _Generate(gateway, "completion"), methods=["POST"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
+        *extra_routes,
+    ]
+    return Starlette(
+        routes=routes,
+        exception_handlers={PromptwireError: on_error, HTTPException: on_error, Exception: on_error},
+    )

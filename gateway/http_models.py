@@ -1,0 +1,200 @@
+"""Pydantic v2 models of the OpenAI HTTP surface: request validation and the OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "ChatCompletionRequest",
+    "ChatMessageModel",
+    "CompletionRequest",
+    "DecoderOptions",
+    "ErrorResponse",
+    "ModelList",
+    "PromptwireExtension",
+    "openapi_document",
+]
+
+
+class _Open(BaseModel):
+    """Unknown fields are kept and passed upstream verbatim (newer OpenAI parameters, vendor extras)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class ChatMessageModel(_Open):
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+
+
+class StreamOptions(_Open):
+    include_usage: bool | None = None
+
+
+class DecoderOptions(_Open):
+    name: Literal["trie", "uscd", "decog"]
+    labels: list[str] | None = None
+    """trie: the label list."""
+
+
+StageChoice = dict[str, Any] | Literal[False]
+
+
+class PromptwireExtension(_Open):
+    """The ``promptwire`` body object: per-request stage options (an object, or false to turn a stage
+    off) and the decoder. Options the operator does not allow are rejected with a 400 naming them."""
+
+    condense_history: StageChoice | None = None
+    select_prompt: StageChoice | None = None
+    conjugate: StageChoice | None = None
+    compress: StageChoice | None = None
+    decoder: DecoderOptions | None = None
+
+
+class _Sampling(_Open):
+    model: str
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    n: int | None = Field(default=None, ge=1)
+    stop: str | list[str] | None = None
+    max_tokens: int | None = Field(default=None, ge=0)
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+    promptwire: PromptwireExtension | None = None
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessageModel] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=0)
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    logprobs: int | None = None
+    echo: bool | None = None
+    suffix: str | None = None
+    best_of: int | None = None
+
+
+class ModelObject(_Open):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "promptwire"
+
+
+class ModelList(_Open):
+    object: Literal["list"] = "list"
+    data: list[ModelObject]
+
+
+class ErrorBody(_Open):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(_Open):
+    error: ErrorBody
+
+
+class ChatCompletion(_Open):
+    """OpenAI's chat.completion object, as the upstream produced it."""
+
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[dict[str, Any]]
+    usage: dict[str, Any] | None = None
+
+
+class TextCompletion(_Open):
+    """OpenAI's text_completion object, as the upstream produced it."""
+
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[dict[str, Any]]
+    usage: dict[str, Any] | None = None
+
+
+def _schema_refs(models: list[type[BaseModel]]) -> dict[str, Any]:
+    schemas: dict[str, Any] = {}
+    for m in models:
+        s = m.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, sub in s.pop("$defs", {}).items():
+            schemas[name] = sub
+        schemas[m.__name__] = s
+    return schemas
+
+
+def openapi_document(version: str) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the HTTP API, generated from these models."""
+
+    def ref(name: str) -> dict[str, Any]:
+        return {"$ref": f"#/components/schemas/{name}"}
+
+    errors = {
+        str(code): {"description": desc, "content": {"application/json": {"schema": ref("ErrorResponse")}}}
+        for code, desc in [
+            (400, "invalid request / option not allowed / prompt too large"), (401, "missing or invalid API key"),
+            (403, "key not allowed this model or stage"), (404, "unknown model (from the upstream)"),
+            (413, "body too large"), (429, "too many requests in flight (Retry-After)"),
+            (502, "upstream failed"), (503, "no backend / shutting down"), (504, "request timed out"),
+        ]
+    }
+    stats_headers = {
+        "x-promptwire-stats": {"description": "JSON list of per-stage stats", "schema": {"type": "string"}},
+        "x-promptwire-overhead-ms": {"description": "gateway time outside the upstream call",
+                                      "schema": {"type": "string"}},
+        "x-request-id": {"description": "the request id (client's or generated)", "schema": {"type": "string"}},
+    }
+
+    def gen(req: str, resp: str, summary: str) -> dict[str, Any]:
+        return {"post": {
+            "summary": summary,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": ref(req)}}},
+            "responses": {
+                "200": {"description": "the response, or with stream=true an SSE stream of chunks "
+                                       "(`data: {...}` events, then `data: [DONE]`)",
+                        "headers": stats_headers,
+                        "content": {"application/json": {"schema": ref(resp)},
+                                    "text/event-stream": {"schema": {"type": "string"}}}},
+                **errors,
+            },
+        }}
+
+    plain = {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "promptwire gateway", "version": version,
+                 "description": "OpenAI-compatible proxy with prompt stages; see docs/gateway.md"},
+        "paths": {
+            "/v1/chat/completions": gen("ChatCompletionRequest", "ChatCompletion", "Chat completion"),
+            "/v1/completions": gen("CompletionRequest", "TextCompletion", "Text completion"),
+            "/v1/models": {"get": {"summary": "Models served", "responses": {
+                "200": {"description": "OK", "content": {"application/json": {"schema": ref("ModelList")}}}}}},
+            "/healthz": {"get": {"summary": "Liveness", "responses": plain}},
+            "/readyz": {"get": {"summary": "Readiness (503 when not ready or shutting down)", "responses": plain}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}},
+        },
+        "components": {"schemas": _schema_refs([
+            ChatCompletionRequest, CompletionRequest, ChatCompletion, TextCompletion, ModelList, ErrorResponse,
+        ])},
+    }
