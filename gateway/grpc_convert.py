@@ -12,14 +12,12 @@ from google.protobuf import struct_pb2
 
 from gateway.errors import InvalidRequest
 from gateway.types import ChatMessage, GatewayRequest, ModelInfo, StageOptions, StageStats, StreamChunk, Usage
-from protos.promptwire.v1 import common_pb2, compress_pb2, gateway_pb2, options_pb2
+from protos.promptwire.v1 import common_pb2, gateway_pb2, options_pb2
 
 __all__ = [
     "PARAM_PATHS",
     "StreamState",
     "chat_request",
-    "compress_request_dict",
-    "compress_response",
     "decoder_dict",
     "generate_request",
     "grpc_param",
@@ -409,71 +407,4 @@ def model_list(models: Sequence[ModelInfo]) -> gateway_pb2.ListModelsResponse:
             gateway_pb2.Model(id=m.id, owned_by=m.owned_by, created=m.created, provider=m.provider)
             for m in models
         ]
-    )
-
-
-_COMPAT = {compress_pb2.COMPAT_MODE_NONE: None, compress_pb2.COMPAT_MODE_LLMLINGUA: "llmlingua"}
-_TOKEN_TO_WORD = {compress_pb2.TOKEN_TO_WORD_MEAN: "mean", compress_pb2.TOKEN_TO_WORD_FIRST: "first"}
-
-
-def compress_request_dict(msg: compress_pb2.CompressRequest) -> dict[str, Any]:
-    """The request as the JSON body of HTTP POST /v1/compress would carry it (set fields only)."""
-    which = msg.WhichOneof("input")
-    if which is None:
-        raise InvalidRequest("one of text, contexts or messages is required", param="input")
-    body: dict[str, Any] = {}
-    if which == "text":
-        body["text"] = msg.text
-    elif which == "contexts":
-        body["contexts"] = list(msg.contexts.items)
-    else:
-        body["messages"] = [m.to_dict() for m in _messages(msg.messages.messages)]
-    if msg.model:
-        body["model"] = msg.model
-    body.update(
-        _optional(
-            msg, ("rate", "target_token", "force_reserve_digit", "drop_consecutive", "context_level_rate")
-        )
-    )
-    for name in ("force_tokens", "roles", "chunk_end_tokens", "force_context_ids"):
-        values = list(getattr(msg, name))
-        if values:
-            body[name] = values
-    if msg.compat in _COMPAT and _COMPAT[msg.compat] is not None:
-        body["compat"] = _COMPAT[msg.compat]
-    if msg.HasField("protections"):
-        body["protections"] = _protections(msg.protections)
-    if msg.return_word_labels:
-        body["return_word_labels"] = True
-    if msg.token_to_word in _TOKEN_TO_WORD:
-        body["token_to_word"] = _TOKEN_TO_WORD[msg.token_to_word]
-    return body
-
-
-def compress_response(result: Mapping[str, Any]) -> compress_pb2.CompressResponse:
-    """A CompressResponse from the JSON result HTTP POST /v1/compress returns."""
-    messages = [
-        common_pb2.ChatMessage(role=str(m.get("role", "")), content=str(m.get("content") or ""))
-        for m in result.get("messages") or ()
-    ]
-    labels = [
-        compress_pb2.WordLabel(
-            word=str(w.get("word", "")),
-            keep=bool(w.get("keep")),
-            probability=float(w.get("probability", 0.0)),
-        )
-        for w in result.get("word_labels") or ()
-        if isinstance(w, Mapping)
-    ]
-    return compress_pb2.CompressResponse(
-        compressed_text=str(result.get("compressed_text") or result.get("compressed_prompt") or ""),
-        compressed_contexts=[str(c) for c in result.get("compressed_contexts") or ()],
-        messages=messages,
-        origin_tokens=int(result.get("origin_tokens") or 0),
-        compressed_tokens=int(result.get("compressed_tokens") or 0),
-        ratio=float(result.get("ratio") or 0.0) if not isinstance(result.get("ratio"), str) else 0.0,
-        word_labels=labels,
-        ms=float(result.get("ms") or 0.0),
-        model=str(result.get("model") or ""),
-        execution_provider=str(result.get("execution_provider") or ""),
     )

@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, NoReturn
 
@@ -30,8 +30,9 @@ logger = logging.getLogger(__name__)
 SERVICE_NAME: str = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 """``promptwire.v1.Gateway``: the service name in health checks and reflection."""
 
-CompressHandler = Callable[[Mapping[str, Any]], Awaitable[Mapping[str, Any]]]
-"""``await handler(body) -> result``: the /v1/compress logic (body and result as that route's JSON)."""
+CompressHandler = Callable[[compress_pb2.CompressRequest], Awaitable[compress_pb2.CompressResponse]]
+"""``await handler(request) -> response``: the Compress logic, e.g. ``gateway.compress_api.CompressAPI.handle_proto``;
+it raises PromptwireError subclasses, which the servicer maps like any other."""
 
 STATS_KEY = "x-promptwire-stats"
 OVERHEAD_KEY = "x-promptwire-overhead-ms"
@@ -233,8 +234,7 @@ class _Servicer(gateway_pb2_grpc.GatewayServicer):
                     "configured (it arrives with the compressor serving work; see docs/grpc.md)",
                 )
                 raise AssertionError("unreachable")  # pragma: no cover
-            result = await compress(conv.compress_request_dict(request))
-            return conv.compress_response(result)
+            return await compress(request)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def CondenseHistory(
@@ -301,8 +301,8 @@ async def start_grpc_server(
 ) -> GrpcHandle:
     """Serve promptwire.v1.Gateway, grpc.health.v1.Health and reflection on host:port (0: a free port).
 
-    `compress` handles the Compress RPC (the POST /v1/compress logic: request JSON in, result JSON
-    out); without it Compress answers UNIMPLEMENTED. Health starts SERVING and, with
+    `compress` handles the Compress RPC (``CompressAPI.handle_proto``: CompressRequest in,
+    CompressResponse out); without it Compress answers UNIMPLEMENTED. Health starts SERVING and, with
     `health_interval_s`, follows ``gateway.ready()`` at that period until `set_not_serving()`.
     Unknown keyword options are ignored so callers can pass the server config through.
     """

@@ -7,7 +7,7 @@ import pytest
 from gateway import grpc_convert as conv
 from gateway.errors import InvalidRequest
 from gateway.types import StreamChunk
-from protos.promptwire.v1 import common_pb2, compress_pb2, gateway_pb2, options_pb2
+from protos.promptwire.v1 import common_pb2, gateway_pb2, options_pb2
 
 
 def _param(fn: object, *args: object) -> str | None:
@@ -202,22 +202,3 @@ def test_stream_state_chat_and_completion() -> None:
     assert [t.token for t in d.logprobs[0].top_logprobs] == ["a", "c"]
     assert comp.final_fields()["usage"] is None
     assert [(c.index, c.finish_reason) for c in comp.final_fields()["choices"]] == [(1, "stop")]
-
-
-def test_compress_request_body() -> None:
-    req = compress_pb2.CompressRequest(
-        text="hello", rate=0.5, force_tokens=["\n"], compat=compress_pb2.COMPAT_MODE_LLMLINGUA,
-        token_to_word=compress_pb2.TOKEN_TO_WORD_FIRST, return_word_labels=True,
-        protections=options_pb2.Protections(json=False),
-    )  # fmt: skip
-    assert conv.compress_request_dict(req) == {
-        "text": "hello", "rate": 0.5, "force_tokens": ["\n"], "compat": "llmlingua", "token_to_word": "first",
-        "return_word_labels": True, "protections": {"json": False},
-    }  # fmt: skip
-    ctx = compress_pb2.CompressRequest(contexts=compress_pb2.TextList(items=["a", "b"]), target_token=-1)
-    assert conv.compress_request_dict(ctx) == {"contexts": ["a", "b"], "target_token": -1}
-    chat = compress_pb2.CompressRequest(
-        messages=compress_pb2.ChatMessageList(messages=[common_pb2.ChatMessage(role="user", content="q")])
-    )
-    assert conv.compress_request_dict(chat) == {"messages": [{"role": "user", "content": "q"}]}
-    assert _param(conv.compress_request_dict, compress_pb2.CompressRequest(rate=0.5)) == "input"

@@ -397,3 +397,36 @@ async def test_stage_options_from_typed_fields_and_stats_in_trailers(upstream: U
     finally:
         await handle.stop(0)
         await gw.aclose()
+
+
+async def test_compress_calls_the_configured_handler_and_maps_its_errors(upstream: UpstreamServer) -> None:
+    from gateway.errors import InvalidRequest
+
+    seen: list[compress_pb2.CompressRequest] = []
+
+    async def handler(req: compress_pb2.CompressRequest) -> compress_pb2.CompressResponse:
+        seen.append(req)
+        if req.HasField("rate") and not 0 < req.rate <= 1:
+            raise InvalidRequest("rate must be in (0, 1]", param="rate")
+        words = req.text.split()
+        kept = words[::2]
+        return compress_pb2.CompressResponse(
+            compressed_text=" ".join(kept), origin_tokens=len(words), compressed_tokens=len(kept)
+        )
+
+    gw = Gateway(GatewayConfig.model_validate({"backends": {"up": {"type": "openai", "base_url": upstream.url}}}))
+    await gw.start()
+    handle = await start_grpc_server(gw, "127.0.0.1", 0, compress=handler, health_interval_s=None)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{handle.port}") as channel:
+            stub = gateway_pb2_grpc.GatewayStub(channel)
+            reply = await stub.Compress(compress_pb2.CompressRequest(text="a b c d e", rate=0.5))
+            assert (reply.compressed_text, reply.origin_tokens, reply.compressed_tokens) == ("a c e", 5, 3)
+            assert seen[0].rate == 0.5
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.Compress(compress_pb2.CompressRequest(text="x", rate=1.5))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "(parameter: rate)" in (err.value.details() or "")
+    finally:
+        await handle.stop(0)
+        await gw.aclose()
