@@ -127,7 +127,7 @@ class _Generate:
                 completion, stats, overhead_ms = await gw.generate(req)
         except asyncio.CancelledError:
             if gone.is_set():
-                self._count(req.model, 499)
+                self._count(req.model, req.stream, 499)
                 logger.info("request %s: client disconnected before the response", request_id)
                 return
             raise
@@ -145,7 +145,7 @@ class _Generate:
             ]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": raw})
-            self._count(req.model, 200)
+            self._count(req.model, False, 200)
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("request %s done", request_id, extra={"request_id": request_id, "model": req.model,
                              "overhead_ms": round(overhead_ms, 3), "stages": [s.to_dict() for s in stats]})
@@ -215,16 +215,16 @@ class _Generate:
         finally:
             watcher.cancel()
             await stream.aclose()
-            self._count(model, status)
+            self._count(model, True, status)
 
-    def _count(self, model: str, status: int) -> None:
+    def _count(self, model: str, stream: bool, status: int) -> None:
         labels = self._model_labels
         if model not in labels:
             if len(labels) >= _MAX_MODEL_LABELS:
                 model = "other"  # model names come from clients: bound the label set
             else:
                 labels.add(model)
-        self.gw.metrics.requests.labels(model, self.kind, "", str(status)).inc()
+        self.gw.metrics.requests.labels(model, self.kind, "true" if stream else "false", str(status)).inc()
 
 
 async def _watch_disconnect(receive: Receive, gone: asyncio.Event, task: asyncio.Task[Any]) -> None:
