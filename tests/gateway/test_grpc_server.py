@@ -430,3 +430,22 @@ async def test_compress_calls_the_configured_handler_and_maps_its_errors(upstrea
     finally:
         await handle.stop(0)
         await gw.aclose()
+
+
+async def test_graceful_shutdown_lets_in_flight_streams_finish(serve: Any) -> None:
+    s = await serve()
+    s.upstream.knobs.chunk_delay_s = 0.1
+    in_flight = s.stub.Chat(_chat("one two three four"))
+    assert (await in_flight.read()).choices  # started
+    # what `promptwire serve` does on SIGTERM: health off, admission off, then stop with a grace
+    await s.handle.set_not_serving()
+    s.gateway.begin_shutdown()
+    err = await _code_of(s.stub.Chat(_chat("late")))
+    assert err.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in (err.details() or "")
+    stopping = asyncio.create_task(s.handle.stop(5.0))
+    rest = []
+    while (m := await in_flight.read()) is not grpc.aio.EOF:
+        rest.append(m)
+    assert rest[-1].done and rest[-1].choices[0].finish_reason == "stop"
+    assert await in_flight.code() == grpc.StatusCode.OK
+    await stopping
