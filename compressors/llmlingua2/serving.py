@@ -15,7 +15,9 @@ __all__ = [
     "BatcherClosed",
     "BatcherConfig",
     "BatcherStats",
+    "CompressJob",
     "CompressorOverloaded",
+    "CompressorService",
     "MicroBatcher",
 ]
 
@@ -251,3 +253,64 @@ class MicroBatcher(Generic[T, R]):
                     out.append(one)
         logger.debug("%s: batch of %d in %.1f ms", self.name, len(items), (time.perf_counter() - t0) * 1000)
         return out
+
+
+@dataclass(frozen=True)
+class CompressJob:
+    """One call of a Compressor method: ``compress``, ``compress_messages`` or ``compress_llmlingua``."""
+
+    method: str
+    payload: Any
+    """The text, the list of contexts, or the list of message dicts."""
+    options: dict[str, Any]
+
+
+_METHODS = ("compress", "compress_messages", "compress_llmlingua")
+
+
+class CompressorService:
+    """A Compressor behind a MicroBatcher: async calls, batched, run in worker threads.
+
+    ``compressor`` is a ``compressors.llmlingua2.Compressor`` (anything with its three methods).
+    Concurrent calls that arrive within ``max_wait_ms`` of each other run in one batch.
+    """
+
+    def __init__(self, compressor: Any, config: BatcherConfig | None = None) -> None:
+        self.compressor = compressor
+        self.batcher: MicroBatcher[CompressJob, Any] = MicroBatcher(
+            self._run_batch, config, name="compressor"
+        )
+
+    def _run_batch(self, jobs: Sequence[CompressJob]) -> list[Any]:
+        out: list[Any] = []
+        for job in jobs:
+            try:
+                out.append(getattr(self.compressor, job.method)(job.payload, **job.options))
+            except Exception as exc:  # fails this job only
+                out.append(exc)
+        return out
+
+    async def run(self, job: CompressJob) -> Any:
+        if job.method not in _METHODS:
+            raise ValueError(f"unknown compressor method {job.method!r}")
+        return await self.batcher.submit(job)
+
+    async def compress(self, text: str | bytes, **options: Any) -> Any:
+        """`Compressor.compress` (default mode) -> CompressResult."""
+        return await self.run(CompressJob("compress", text, options))
+
+    async def compress_messages(self, messages: Sequence[Any], **options: Any) -> Any:
+        """`Compressor.compress_messages` -> MessagesResult."""
+        return await self.run(CompressJob("compress_messages", list(messages), options))
+
+    async def compress_llmlingua(self, context: str | list[str], **options: Any) -> dict[str, Any]:
+        """`Compressor.compress_llmlingua` (compat mode) -> llmlingua's result dict."""
+        result: dict[str, Any] = await self.run(CompressJob("compress_llmlingua", context, options))
+        return result
+
+    @property
+    def provider(self) -> str:
+        return str(getattr(self.compressor, "provider", "unknown"))
+
+    async def aclose(self) -> None:
+        await self.batcher.aclose()
