@@ -370,13 +370,22 @@ class StreamState:
         return deltas
 
     def _scores(self, data: Mapping[str, Any]) -> None:
+        """Trie scoring mode: ``chunk["promptwire"]["label_scores"]`` = {label: {"prob", "logprob"}}
+        (decoders.trie_score.LabelScores.as_dict), or {label: logprob}."""
         ext = data.get("promptwire")
         scores = ext.get("label_scores") if isinstance(ext, dict) else None
-        if isinstance(scores, dict):
-            self.label_scores = [
-                gateway_pb2.LabelScore(label=str(k), probability=math.exp(float(v)), logprob=float(v))
-                for k, v in scores.items()
-            ]
+        if not isinstance(scores, dict):
+            return
+        out = []
+        for label, value in scores.items():
+            if isinstance(value, Mapping):
+                logprob = float(value.get("logprob", -math.inf))
+                prob = float(value["prob"]) if "prob" in value else math.exp(logprob)
+            else:
+                logprob = float(value)
+                prob = math.exp(logprob)
+            out.append(gateway_pb2.LabelScore(label=str(label), probability=prob, logprob=logprob))
+        self.label_scores = out
 
     def final_fields(self) -> dict[str, Any]:
         """Fields of the last message: finish reasons of every choice, usage and label scores."""

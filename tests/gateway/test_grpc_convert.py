@@ -202,3 +202,13 @@ def test_stream_state_chat_and_completion() -> None:
     assert [t.token for t in d.logprobs[0].top_logprobs] == ["a", "c"]
     assert comp.final_fields()["usage"] is None
     assert [(c.index, c.finish_reason) for c in comp.final_fields()["choices"]] == [(1, "stop")]
+
+
+def test_label_scores_reach_the_last_message() -> None:
+    state = conv.StreamState(kind="chat", request_id="r")
+    scores = {"billing": {"prob": 0.75, "logprob": -2.0}, "bug": {"prob": 0.25, "logprob": -3.1}}
+    state.feed(StreamChunk({"choices": [], "promptwire": {"label_scores": scores}}))
+    got = [(s.label, s.probability, s.logprob) for s in state.final_fields()["label_scores"]]
+    assert got == [("billing", 0.75, -2.0), ("bug", 0.25, -3.1)]
+    state.feed(StreamChunk({"choices": [], "promptwire": {"label_scores": {"a": 0.0}}}))
+    assert [(s.label, s.probability) for s in state.final_fields()["label_scores"]] == [("a", 1.0)]
