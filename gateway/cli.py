@@ -104,7 +104,12 @@ async def _serve(config: GatewayConfig) -> int:
             yield  # SIGTERM/SIGINT are ours: readiness first, drain, then stop uvicorn
 
     gateway = Gateway(config)
-    await gateway.start()
+    try:
+        await gateway.start()
+    except Exception as e:  # a backend or stage that cannot be built: say why and exit
+        logger.error("cannot start: %s", getattr(e, "message", None) or e, extra={"event": "start_failed"})
+        await gateway.aclose()
+        return 2
     app = create_app(gateway)
     sc = config.server
     sock = _bind(sc.host, sc.http_port)

@@ -1,0 +1,71 @@
+"""Config loading: errors name the file, key path and reason; env overrides; `promptwire config check`."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+from gateway.config import ConfigError, load_config, parse_config
+
+
+def test_embedded_default_is_offline_and_valid() -> None:
+    cfg = load_config(None, env={})
+    assert cfg.backends == {} and cfg.server.host == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("limits: {max_in_flight: 0}", "cfg.yaml: limits.max_in_flight: Input should be greater than 0"),
+        ("server: {htp_port: 1}", "cfg.yaml: server.htp_port: Extra inputs are not permitted"),
+        ("backends: {a: {type: openai}}", "cfg.yaml: backends.a: type openai needs base_url"),
+        ("backends: {a: {type: grpc, base_url: x}}", "cfg.yaml: backends.a.type: Input should be 'openai' or 'local'"),
+        ("auth: {keys: [{id: a, sha256: nothex}]}", "cfg.yaml: auth.keys[0].sha256: must be 64 lowercase hex"),
+        ("default_stages: [{name: squash}]", "cfg.yaml: (top level): default_stages: unknown stage 'squash'"),
+        ("models: [{match: '*', backends: [nope]}]", "models[0].backends: 'nope' is not a key of backends"),
+        ("[1, 2]", "cfg.yaml: (top level): must be a mapping, got list"),
+        ("server: {http_port: [", "cfg.yaml: not valid YAML"),
+    ],
+)
+def test_errors_name_file_path_and_reason(text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as ei:
+        parse_config(text, "cfg.yaml")
+    assert expected in str(ei.value)
+
+
+def test_env_overrides(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("server: {http_port: 1000}\nbackends: {u: {base_url: 'http://127.0.0.1:1/v1'}}\n")
+    cfg = load_config(f, env={"PROMPTWIRE_SERVER__HTTP_PORT": "2000", "PROMPTWIRE_LIMITS__MAX_IN_FLIGHT": "7",
+                              "PROMPTWIRE_BACKENDS__U__TIMEOUTS__CONNECT_S": "0.5", "OTHER": "x"})
+    assert cfg.server.http_port == 2000 and cfg.limits.max_in_flight == 7
+    assert cfg.backends["u"].timeouts.connect_s == 0.5
+    with pytest.raises(ConfigError, match=r"c.yaml: limits.max_in_flight: Input should be a valid integer"):
+        load_config(f, env={"PROMPTWIRE_LIMITS__MAX_IN_FLIGHT": "lots"})
+
+
+def test_config_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = tmp_path / "good.yaml"
+    sha = hashlib.sha256(b"k").hexdigest()
+    good.write_text(f"backends: {{u: {{base_url: 'http://x:1/v1'}}}}\nauth: {{keys: [{{id: a, sha256: {sha}}}]}}\n")
+    assert main(["config", "check", str(good)]) == 0
+    assert "OK (1 backend(s), 0 model route(s), 1 API key(s))" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("limits:\n  max_body_bytes: -5\n")
+    assert main(["config", "check", str(bad)]) == 1
+    assert f"{bad}: limits.max_body_bytes: Input should be greater than 0" in capsys.readouterr().err
+    assert main(["config", "check", str(tmp_path / "missing.yaml")]) == 1
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_serve_model_flag_without_local_provider(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.providers import PROVIDERS
+
+    monkeypatch.delitem(PROVIDERS, "local", raising=False)  # a build without the local provider
+    assert main(["serve", "--model", "/some/dir", "--no-grpc"]) == 2
+    assert "--model needs the local provider" in capsys.readouterr().err

@@ -1,0 +1,151 @@
+"""`promptwire serve` as a real process: the offline default config, and SIGTERM draining."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+MSG = [{"role": "user", "content": "hi"}]
+
+
+class Served:
+    def __init__(self, args: list[str]) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PROMPTWIRE_")}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "serve", "--http-port", "0", "--no-grpc", *args],
+            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, text=True,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.log: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.port = self._wait_serving()
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.log.append(line)
+            self.lines.put(line)
+
+    def _wait_serving(self) -> int:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.2)
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    break
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec.get("event") == "serving":
+                return int(rec["http_port"])
+        self.kill()
+        raise AssertionError("promptwire serve did not start:\n" + "".join(self.log))
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self._reader.join(5)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+
+@pytest.fixture
+def serve() -> Any:
+    started: list[Served] = []
+
+    def make(*args: str) -> Served:
+        s = Served(list(args))
+        started.append(s)
+        return s
+
+    yield make
+    for s in started:
+        s.kill()
+
+
+def test_offline_default_serves_health_models_metrics_and_explains_generation(serve: Any) -> None:
+    s = serve()
+    with httpx.Client(base_url=s.base, timeout=10) as http:
+        assert http.get("/healthz").status_code == 200
+        assert http.get("/readyz").status_code == 200
+        assert http.get("/v1/models").json() == {"object": "list", "data": []}
+        assert "promptwire_in_flight" in http.get("/metrics").text
+        r = http.post("/v1/chat/completions", json={"model": "m", "messages": MSG})
+    assert r.status_code == 503
+    err = r.json()["error"]
+    assert err["code"] == "no_backend" and "--upstream" in err["message"] and "--model" in err["message"]
+    s.proc.send_signal(signal.SIGTERM)
+    assert s.proc.wait(10) == 0
+
+
+def test_sigterm_turns_readiness_off_and_drains_in_flight(serve: Any, make_upstream: Any, tmp_path: Path) -> None:
+    up = make_upstream(latency_s=1.2)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("server: {shutdown_grace_s: 10}\n")
+    s = serve("--config", str(cfg), "--upstream", up.url)
+    result: list[httpx.Response] = []
+
+    def slow() -> None:
+        with httpx.Client(base_url=s.base, timeout=10) as http:
+            result.append(http.post("/v1/chat/completions", json={"model": "test-model", "messages": MSG}))
+
+    t = threading.Thread(target=slow)
+    t.start()
+    deadline = time.monotonic() + 5
+    while up.app.generation_requests == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    s.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    with httpx.Client(base_url=s.base, timeout=5) as http:
+        assert http.get("/readyz").status_code == 503
+        late = http.post("/v1/chat/completions", json={"model": "test-model", "messages": MSG})
+        assert late.status_code == 503 and late.json()["error"]["code"] == "shutting_down"
+    t.join(10)
+    assert result and result[0].status_code == 200
+    assert result[0].json()["choices"][0]["message"]["content"] == "echo: hi"
+    assert s.proc.wait(10) == 0
+    assert any('"drained": true' in line for line in s.log)
+
+
+def test_sigterm_grace_over_still_exits_zero(serve: Any, make_upstream: Any, tmp_path: Path) -> None:
+    up = make_upstream(latency_s=20)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("server: {shutdown_grace_s: 0.3}\n")
+    s = serve("--config", str(cfg), "--upstream", up.url)
+    errors: list[BaseException] = []
+
+    def slow() -> None:
+        try:
+            with httpx.Client(base_url=s.base, timeout=10) as http:
+                http.post("/v1/chat/completions", json={"model": "test-model", "messages": MSG})
+        except httpx.HTTPError as e:
+            errors.append(e)
+
+    t = threading.Thread(target=slow)
+    t.start()
+    deadline = time.monotonic() + 5
+    while up.app.generation_requests == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    t0 = time.monotonic()
+    s.proc.send_signal(signal.SIGTERM)
+    assert s.proc.wait(10) == 0
+    assert time.monotonic() - t0 < 5
+    t.join(10)
+    assert any('"drained": false' in line for line in s.log)
