@@ -1,0 +1,585 @@
+"""The decode loop: continuous batching over a transformers causal LM, with sync and asyncio APIs.
+
+The whole API the gateway's ``local`` provider needs::
+
+    engine = Engine.from_pretrained("path/or/hf-id", EngineConfig(max_batch_size=16))
+    engine.start()                                   # decode loop on its own thread
+    ids = engine.chat_prompt(messages)               # chat template -> token ids (or engine.encode(text))
+    params = SamplingParams(max_tokens=64, temperature=0.7, stop=("\\n",))   # SamplingParamError if bad
+    proc = build_processor("trie", options, engine.decoder_context(ids, params))  # optional decoder
+    async for delta in engine.stream(ids, params, proc):   # StreamDelta: text, token_ids, finish_reason
+        ...                                                # the last one has finish_reason and usage
+    result = await engine.agenerate(ids, params, proc)     # GenerationResult
+    result = engine.generate(ids, params)                  # blocking (steps inline if not started)
+    engine.close()
+
+Each step (``Engine.step``): drop cancelled requests; run one batched forward for every row
+already decoding; prefill newcomers one by one (each alone, unpadded) and append their KV rows
+left-padded; let processors adjust their row; mask, sample, emit deltas; evict finished rows.
+Padding never shifts position ids, so greedy output equals ``model.generate`` token for token.
+Cancelling (``handle.cancel()`` or closing the async iterator) frees the row at the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import math
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from decoders.batch_cache import BatchCache
+from decoders.detok import TextStream
+from decoders.processors.base import DecoderContext, Processor
+from decoders.sampling import SamplingParamError, SamplingParams, select_tokens
+
+__all__ = [
+    "Engine",
+    "EngineConfig",
+    "EngineError",
+    "GenerationResult",
+    "RequestHandle",
+    "SamplingParamError",
+    "SamplingParams",
+    "StreamDelta",
+    "TokenLogprob",
+    "Usage",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class EngineError(RuntimeError):
+    """A request failed inside the engine (a processor raised, or the engine was closed)."""
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Engine-wide settings."""
+
+    max_batch_size: int = 16
+    """Rows decoded together; a request with an auxiliary stream takes two."""
+    max_context: int | None = None
+    """Prompt + output limit; default: the model's max_position_embeddings / n_positions."""
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability (after processors, before temperature) and alternatives."""
+
+    token_id: int
+    token: str
+    logprob: float
+    top: tuple[tuple[int, str, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    """Every sampled token, EOS and a stop string's tokens included."""
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class StreamDelta:
+    """One step's output for one request. The last delta carries finish_reason and usage."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    logprobs: tuple[TokenLogprob, ...] = ()
+    finish_reason: str | None = None
+    """None while running; then "stop" (EOS, stop string, decoder done), "length", "cancelled", "error"."""
+    usage: Usage | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: str
+    usage: Usage
+    logprobs: tuple[TokenLogprob, ...] = ()
+    stop: str | None = None
+    """The stop string that ended generation, if one did."""
+    processor_stats: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class _Request:
+    """Mutable per-request state, owned by the engine thread once submitted."""
+
+    prompt_ids: tuple[int, ...]
+    aux_ids: tuple[int, ...] | None
+    params: SamplingParams
+    processor: Processor | None
+    generator: torch.Generator | None
+    max_new: int
+    text: TextStream
+    on_event: Callable[[StreamDelta], None] | None
+    calls_process: bool = False
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    chunks: list[str] = field(default_factory=list)
+    next_token: int = -1  # last sampled token, fed to the model at the next step
+    cancel_requested: bool = False
+    error: str | None = None
+    result: GenerationResult | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class RequestHandle:
+    """Returned by ``Engine.submit``: cancel it, or wait for its result."""
+
+    def __init__(self, engine: Engine, req: _Request) -> None:
+        self._engine = engine
+        self._req = req
+
+    @property
+    def done(self) -> bool:
+        return self._req.done.is_set()
+
+    def cancel(self) -> None:
+        """Finish the request with reason "cancelled"; its batch row is freed at the next step."""
+        self._engine._cancel(self._req)
+
+    def result(self, timeout: float | None = None) -> GenerationResult:
+        """Block until finished (steps the engine inline if its thread is not running)."""
+        if not self._engine.running:
+            while not self._req.done.is_set():
+                self._engine.step()
+        if not self._req.done.wait(timeout):
+            raise TimeoutError("generation did not finish in time")
+        assert self._req.result is not None
+        if self._req.result.finish_reason == "error":
+            raise EngineError(self._req.error or "generation failed")
+        return self._req.result
+
+
+class Engine:
+    """Continuous-batching decode loop over one causal LM. See the module docstring for the API."""
+
+    def __init__(self, model: Any, tokenizer: Any, config: EngineConfig | None = None) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.config = config or EngineConfig()
+        mc = model.config
+        self.max_context = int(
+            self.config.max_context or getattr(mc, "max_position_embeddings", None) or mc.n_positions
+        )
+        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        eos = model.generation_config.eos_token_id
+        eos_list = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+        if tokenizer.eos_token_id is not None:
+            eos_list.append(tokenizer.eos_token_id)
+        self.eos_token_ids = frozenset(int(e) for e in eos_list)
+        self._eos_index = torch.tensor(sorted(self.eos_token_ids), dtype=torch.long)  # (E,)
+        params = inspect.signature(model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._keep_last = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        self._token_text: dict[int, str] = {}
+        self._cond = threading.Condition()
+        self._step_lock = threading.Lock()
+        self._waiting: deque[_Request] = deque()
+        self._rows: list[tuple[_Request, bool]] = []  # batch row -> (request, is_aux_stream)
+        self._batch = BatchCache()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    @classmethod
+    def from_pretrained(cls, source: str, config: EngineConfig | None = None, **model_kwargs: Any) -> Engine:
+        """Load a model and tokenizer from a Hugging Face id or a local directory."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, **model_kwargs)
+        return cls(model, tokenizer, config)
+
+    # ---- prompts -------------------------------------------------------------------------------
+
+    def encode(self, text: str) -> list[int]:
+        """Tokenise a completion prompt (the tokenizer's BOS handling included)."""
+        return list(self.tokenizer(text)["input_ids"])
+
+    def chat_prompt(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> list[int]:
+        """Render the tokenizer's chat template and tokenise it (no extra special tokens)."""
+        text = self.tokenizer.apply_chat_template(
+            list(messages), add_generation_prompt=add_generation_prompt, tokenize=False
+        )
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def decoder_context(self, prompt_ids: Sequence[int], params: SamplingParams) -> DecoderContext:
+        """What a processor factory needs to build a decoder for this request."""
+        max_new = max(0, min(params.max_tokens, self.max_context - len(prompt_ids)))
+        return DecoderContext(self.tokenizer, self.vocab_size, self.eos_token_ids, tuple(prompt_ids), max_new)
+
+    # ---- submitting ----------------------------------------------------------------------------
+
+    def submit(
+        self,
+        prompt_ids: Sequence[int],
+        params: SamplingParams,
+        processor: Processor | None = None,
+        on_event: Callable[[StreamDelta], None] | None = None,
+    ) -> RequestHandle:
+        """Queue a request. ``on_event`` is called on the engine thread with every StreamDelta."""
+        params.validate()
+        if self._closed:
+            raise EngineError("engine is closed")
+        if not prompt_ids:
+            raise SamplingParamError("the prompt is empty", "prompt")
+        aux = processor.aux_prompt_ids() if processor is not None else None
+        longest = max(len(prompt_ids), len(aux) if aux is not None else 0)
+        if longest >= self.max_context:
+            raise SamplingParamError(
+                f"prompt of {longest} tokens leaves no room in the {self.max_context}-token context", "prompt"
+            )
+        generator = None
+        if not params.greedy:
+            generator = torch.Generator()
+            if params.seed is None:
+                generator.seed()
+            else:
+                generator.manual_seed(params.seed)
+        req = _Request(
+            prompt_ids=tuple(int(t) for t in prompt_ids),
+            aux_ids=tuple(int(t) for t in aux) if aux is not None else None,
+            params=params,
+            processor=processor,
+            generator=generator,
+            max_new=min(params.max_tokens, self.max_context - longest),
+            text=TextStream(self.tokenizer, prompt_ids, params.stop),
+            on_event=on_event,
+            calls_process=processor is not None and type(processor).process is not Processor.process,
+        )
+        with self._cond:
+            self._waiting.append(req)
+            self._cond.notify()
+        return RequestHandle(self, req)
+
+    def generate(
+        self, prompt_ids: Sequence[int], params: SamplingParams, processor: Processor | None = None
+    ) -> GenerationResult:
+        """Blocking generation; other submitted requests are batched with it."""
+        return self.submit(prompt_ids, params, processor).result()
+
+    async def stream(
+        self, prompt_ids: Sequence[int], params: SamplingParams, processor: Processor | None = None
+    ) -> AsyncIterator[StreamDelta]:
+        """Async stream of deltas; never blocks the event loop. Closing it early cancels the request."""
+        self.start()
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[StreamDelta] = asyncio.Queue()
+
+        def deliver(delta: StreamDelta) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, delta)
+
+        handle = self.submit(prompt_ids, params, processor, on_event=deliver)
+        try:
+            while True:
+                delta = await queue.get()
+                if delta.finish_reason == "error":
+                    raise EngineError(delta.error or "generation failed")
+                yield delta
+                if delta.finish_reason is not None:
+                    return
+        finally:
+            if not handle.done:
+                handle.cancel()
+
+    async def agenerate(
+        self, prompt_ids: Sequence[int], params: SamplingParams, processor: Processor | None = None
+    ) -> GenerationResult:
+        """Async whole-result generation (cancelling the awaiting task cancels the request)."""
+        self.start()
+        loop = asyncio.get_running_loop()
+        finished: asyncio.Future[None] = loop.create_future()
+
+        def resolve() -> None:
+            if not finished.done():
+                finished.set_result(None)
+
+        def deliver(delta: StreamDelta) -> None:
+            if delta.finish_reason is not None:
+                loop.call_soon_threadsafe(resolve)
+
+        handle = self.submit(prompt_ids, params, processor, on_event=deliver)
+        try:
+            await finished
+        finally:
+            if not handle.done:
+                handle.cancel()
+        # The last delta is delivered a moment before the result is stored: wait off the loop.
+        return await asyncio.to_thread(handle.result, 30.0)
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+
+    @property
+    def running_requests(self) -> int:
+        """Requests holding batch rows."""
+        return sum(1 for _, aux in self._rows if not aux)
+
+    @property
+    def waiting_requests(self) -> int:
+        """Requests queued for a free row."""
+        return len(self._waiting)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Run the decode loop on a daemon thread (idempotent)."""
+        with self._cond:
+            if self._closed:
+                raise EngineError("engine is closed")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="promptwire-engine", daemon=True)
+                self._thread.start()
+
+    def close(self) -> None:
+        """Stop the loop; requests still queued or running finish with reason "cancelled"."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+        with self._step_lock:
+            pending = list(self._waiting) + [req for req, aux in self._rows if not aux]
+            self._waiting.clear()
+            for req in pending:
+                self._finish(req, "cancelled", "", ())
+            self._rows = []
+            self._batch = BatchCache()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and not self._waiting and not self._rows:
+                    self._cond.wait()
+                if self._closed:
+                    return
+            try:
+                self.step()
+            except Exception as exc:  # a bug or an OOM: fail everything in flight, keep serving
+                logger.exception("decode step failed")
+                with self._step_lock:
+                    for req in list(self._waiting) + [r for r, aux in self._rows if not aux]:
+                        self._finish(req, "error", "", (), error=f"decode step failed: {exc}")
+                    self._waiting.clear()
+                    self._rows = []
+                    self._batch = BatchCache()
+
+    def _cancel(self, req: _Request) -> None:
+        with self._cond:
+            req.cancel_requested = True
+            self._cond.notify()
+
+    # ---- the decode step -----------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def step(self) -> bool:
+        """Advance every admitted request by one token; return whether any work remains."""
+        with self._step_lock:
+            # 1) drop cancelled requests, waiting or running, and admit newcomers while rows are free
+            with self._cond:
+                for req in [r for r in self._waiting if r.cancel_requested]:
+                    self._waiting.remove(req)
+                    self._finish(req, "cancelled", "", ())
+                self._evict([r for r, aux in self._rows if not aux and r.cancel_requested], "cancelled")
+                newcomers: list[_Request] = []
+                free = self.config.max_batch_size - len(self._rows)
+                while self._waiting and (need := 1 + (self._waiting[0].aux_ids is not None)) <= max(free, 0):
+                    newcomers.append(self._waiting.popleft())
+                    free -= need
+                if not newcomers and not self._rows and self._waiting:
+                    newcomers.append(self._waiting.popleft())  # a lone request larger than the batch
+            parts: list[torch.Tensor] = []
+            # 2) one forward for all running rows, each fed its last sampled token
+            if self._rows:
+                tokens = torch.tensor([[req.next_token] for req, _ in self._rows])  # (B, 1)
+                mask, positions = self._batch.step_inputs()  # (B, L+1), (B, 1)
+                logits, self._batch.cache = self._forward(tokens, mask, positions, self._batch.cache)  # (B, V)
+                parts.append(logits)
+            # 3) prefill each newcomer's streams alone, then append them as left-padded rows
+            caches, lengths = [], []
+            for req in newcomers:
+                streams = [(req.prompt_ids, False)] + ([(req.aux_ids, True)] if req.aux_ids is not None else [])
+                for ids, is_aux in streams:
+                    n = len(ids)
+                    x = torch.tensor([ids])  # (1, T)
+                    ones = torch.ones(1, n, dtype=torch.long)  # (1, T)
+                    logits, cache = self._forward(x, ones, torch.arange(n)[None], None)  # (1, V)
+                    parts.append(logits)
+                    caches.append(cache)
+                    lengths.append(n)
+                    self._rows.append((req, is_aux))
+            self._batch.append(caches, lengths)
+            if not self._rows:
+                return bool(self._waiting)
+            logits = torch.cat(parts)  # (B, V)
+            # 4) processors adjust their request's row; allowed-token sets become one additive mask
+            main_rows = [i for i, (_, aux) in enumerate(self._rows) if not aux]
+            mains = [self._rows[i][0] for i in main_rows]
+            aux_row = {id(req): i for i, (req, aux) in enumerate(self._rows) if aux}
+            scores = logits[main_rows]  # (N, V)
+            failed: dict[int, str] = {}
+            bias: torch.Tensor | None = None
+            for j, req in enumerate(mains):
+                proc = req.processor
+                if proc is None:
+                    continue
+                try:
+                    if req.calls_process:
+                        aux_logits = logits[aux_row[id(req)]] if id(req) in aux_row else None  # (V,)
+                        scores[j] = proc.process(scores[j], aux_logits)
+                    allowed = proc.allowed_token_ids()
+                    eos_ok = proc.eos_allowed()
+                except Exception as exc:
+                    logger.exception("processor %s failed", type(proc).__name__)
+                    failed[j] = f"{type(proc).__name__} failed: {exc}"
+                    continue
+                if allowed is None and eos_ok:
+                    continue
+                if bias is None:
+                    bias = torch.zeros_like(scores)  # (N, V)
+                if allowed is not None:
+                    bias[j].fill_(-math.inf)
+                    bias[j, torch.as_tensor(allowed, dtype=torch.long)] = 0.0
+                bias[j, self._eos_index] = 0.0 if eos_ok else -math.inf
+            if bias is not None:
+                scores = scores + bias  # (N, V)
+            # 5) pick tokens; a row with nothing allowed stops instead of sampling
+            dead_mask = torch.isneginf(scores).all(dim=-1)  # (N,)
+            dead = dead_mask.tolist()
+            if any(dead):
+                scores[dead_mask] = 0.0  # keeps softmax finite; these rows are not used
+            chosen = select_tokens(
+                scores, [r.params for r in mains], [r.generator for r in mains]
+            )
+            want_lp = [j for j, r in enumerate(mains) if r.params.top_logprobs is not None]
+            lp_rows = torch.log_softmax(scores[want_lp], dim=-1) if want_lp else None  # (W, V)
+            # 6) append, detokenise, check stop conditions, emit
+            for j, req in enumerate(mains):
+                if j in failed:
+                    self._finish(req, "error", "", (), error=failed[j])
+                    continue
+                if dead[j]:
+                    self._finish(req, "stop", req.text.flush(), ())
+                    continue
+                tok = chosen[j]
+                req.tokens.append(tok)
+                req.next_token = tok
+                lps: tuple[TokenLogprob, ...] = ()
+                if lp_rows is not None and req.params.top_logprobs is not None:
+                    lps = (self._logprob(lp_rows[want_lp.index(j)], tok, req.params.top_logprobs),)
+                    req.logprobs.extend(lps)
+                try:
+                    if req.processor is not None:
+                        req.processor.advance(tok)
+                    proc_done = req.processor is not None and req.processor.finished()
+                except Exception as exc:
+                    logger.exception("processor %s failed", type(req.processor).__name__)
+                    self._finish(req, "error", "", (tok,), lps, error=str(exc))
+                    continue
+                is_eos = tok in self.eos_token_ids and not req.params.ignore_eos
+                text = "" if is_eos else req.text.push(tok)
+                reason = None
+                if is_eos or req.text.stopped is not None or proc_done:
+                    reason = "stop"
+                elif len(req.tokens) >= req.max_new:
+                    reason = "length"
+                if reason is None:
+                    self._emit(req, StreamDelta(text, (tok,), lps))
+                else:
+                    self._finish(req, reason, text + req.text.flush(), (tok,), lps)
+            # 7) free the rows of finished requests
+            self._evict([r for r, aux in self._rows if not aux and r.done.is_set()], None)
+            return bool(self._rows or self._waiting)
+
+    def _forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, cache: Any
+    ) -> tuple[torch.Tensor, Any]:
+        """One model call; returns the last position's logits (B, V) as float32 and the updated cache."""
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=True,
+            **{self._cache_kw: cache},
+            **self._keep_last,
+        )
+        new_cache = out.cache if self._cache_kw == "cache" else out.past_key_values
+        return out.logits[:, -1, :].float(), new_cache  # (B, V)
+
+    def _logprob(self, row: torch.Tensor, tok: int, k: int) -> TokenLogprob:
+        """row: (V,) log-probabilities."""
+        top: tuple[tuple[int, str, float], ...] = ()
+        if k:
+            values, ids = torch.topk(row, k)  # (k,), (k,)
+            top = tuple((int(i), self.token_text(int(i)), float(v)) for v, i in zip(values, ids, strict=True))
+        return TokenLogprob(tok, self.token_text(tok), float(row[tok]), top)
+
+    def token_text(self, token_id: int) -> str:
+        """A single token's text (for logprobs); cached."""
+        text = self._token_text.get(token_id)
+        if text is None:
+            text = self._token_text[token_id] = str(self.tokenizer.decode([token_id]))
+        return text
+
+    def _evict(self, reqs: Sequence[_Request], reason: str | None) -> None:
+        if not reqs:
+            return
+        for req in reqs:
+            if reason is not None and not req.done.is_set():
+                self._finish(req, reason, "", ())
+        gone = {id(r) for r in reqs}
+        keep = [i for i, (r, _) in enumerate(self._rows) if id(r) not in gone]
+        self._rows = [self._rows[i] for i in keep]
+        self._batch.keep(keep)
+
+    def _emit(self, req: _Request, delta: StreamDelta) -> None:
+        req.chunks.append(delta.text)
+        if req.on_event is not None:
+            try:
+                req.on_event(delta)
+            except Exception:  # e.g. the consumer's event loop is gone: nobody is listening
+                logger.warning("dropping a request whose consumer failed", exc_info=True)
+                req.cancel_requested = True
+
+    def _finish(
+        self,
+        req: _Request,
+        reason: str,
+        text: str,
+        token_ids: tuple[int, ...],
+        lps: tuple[TokenLogprob, ...] = (),
+        error: str | None = None,
+    ) -> None:
+        if req.done.is_set():
+            return
+        usage = Usage(len(req.prompt_ids), len(req.tokens))
+        self._emit(req, StreamDelta(text, token_ids, lps, reason, usage, error))
+        stats = dict(req.processor.stats()) if req.processor is not None and reason != "error" else {}
+        req.result = GenerationResult(
+            text="".join(req.chunks),
+            token_ids=tuple(req.tokens),
+            finish_reason=reason,
+            usage=usage,
+            logprobs=tuple(req.logprobs),
+            stop=req.text.stopped,
+            processor_stats=stats,
+        )
+        req.error = error
+        req.done.set()
+
