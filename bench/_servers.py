@@ -174,8 +174,10 @@ def start_promptwire(workdir: Path, upstream: Server, timeout_s: float = 60) -> 
         str(port := free_port()),
         "--grpc-port",
         "0",
+        "--log-level",
+        "warning",
     ]
-    env = {**os.environ, "PROMPTWIRE_LOG_LEVEL": os.environ.get("PROMPTWIRE_LOG_LEVEL", "WARNING")}
+    env = dict(os.environ)
     log_path = workdir / "promptwire.log"
     server = Server(
         "promptwire", _spawn("promptwire", cmd, log_path, env=env, cwd=workdir), port, log_path=log_path

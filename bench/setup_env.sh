@@ -74,8 +74,9 @@ else
         log "ERROR: a CUDA build of torch was installed; remove $MAIN and retry" >&2
         exit 1
     fi
-    log "installing promptwire (-e .) with -c requirements.lock"
-    "$MAIN/bin/python" -m pip install --quiet -c requirements.lock -e .
+    # [dev] too, so bench/.venv is a superset of .venv (llmlingua, psutil, openai for the benchmarks).
+    log "installing promptwire (-e '.[dev]') with -c requirements.lock"
+    "$MAIN/bin/python" -m pip install --quiet -c requirements.lock -e '.[dev]'
     for req in "${MAIN_REQS[@]}"; do
         log "installing $(basename "$req") with -c requirements.lock"
         "$MAIN/bin/python" -m pip install --quiet -c requirements.lock -r "$req"
