@@ -157,7 +157,9 @@ def doc_sizes(quick: bool) -> list[int]:
     """Target sizes in model tokens: 30 documents, 500-20,000, most short as prompts usually are."""
     if quick:
         return [500, 700, 900, 1200, 2000, 3000]
-    return [round(500 * 40 ** ((i / 29) ** 3)) for i in range(30)]  # 500 ... 20000, sum ~83k
+    # 29 prompt-sized documents of 500-1,500 tokens and one of 20,000 (40 windows of 512): ~46k tokens,
+    # what a shared 2-core machine gets through in ~10 minutes with llmlingua included
+    return [round(500 * 3 ** (i / 28)) for i in range(29)] + [20000]
 
 
 def make_docs(tokenizer_dir: Path, quick: bool) -> list[dict[str, Any]]:
@@ -214,16 +216,29 @@ def _load(system: str, models: dict[str, str]) -> Any:
         from llmlingua import PromptCompressor
 
         return PromptCompressor(model_name=models["ckpt"], device_map="cpu", use_llmlingua2=True)
-    from compressors.llmlingua2 import Compressor
+    from compressors.llmlingua2.compressor import Compressor
 
     path = models["onnx-fp32" if system == "ours-fp32" else "onnx-int8"]
-    return Compressor(path, mode="compat")
+    threads = int(os.environ.get("PROMPTWIRE_THREADS", "0")) or None
+    return _Ours(Compressor(path, intra_op_threads=threads))
 
 
-def _compress(system: str, comp: Any, text: str) -> tuple[list[str], list[int]]:
+class _Ours:
+    """Our compat mode behind llmlingua's call signature."""
+
+    def __init__(self, comp: Any) -> None:
+        self.comp = comp
+
+    def compress_prompt(self, context: list[str], **kw: Any) -> dict[str, Any]:
+        # batches padded to the longest chunk, not to 512: same decisions up to float noise
+        result: dict[str, Any] = self.comp.compress_llmlingua(context, pad_to_max=False, **kw)
+        return result
+
+
+def _compress(comp: Any, text: str) -> tuple[list[str], list[int]]:
     """Compress with the benchmark's options; returns llmlingua's (words, labels)."""
     res = comp.compress_prompt([text], return_word_label=True, **COMPRESS_KW)
-    labelled = res["fn_labeled_original_prompt"] if isinstance(res, dict) else res.fn_labeled_original_prompt
+    labelled = res["fn_labeled_original_prompt"]
     words, labels = [], []
     for item in labelled.split(WORD_SEP) if labelled else []:
         w, _, lab = item.rpartition(" ")
@@ -238,51 +253,94 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def worker(args: argparse.Namespace) -> None:
-    """Runs inside a fresh subprocess; writes its result as JSON to args.result."""
-    spec = json.loads(Path(args.spec).read_text(encoding="utf-8"))
-    system, models, docs = spec["system"], spec["models"], spec["docs"]
-    t_import = time.perf_counter()
-    comp = _load(system, models)
-    t_loaded = time.perf_counter()
-    result: dict[str, Any] = {"system": system, "load_s": t_loaded - t_import}
-    if spec["mode"] == "cold":
-        _compress(system, comp, docs[0]["text"])
-        result["first_s"] = time.perf_counter() - t_loaded
-    else:
-        times: list[list[float]] = [[] for _ in docs]
-        labels: list[Any] = [None for _ in docs]
-        for _ in range(spec["repeats"]):
-            for j, d in enumerate(docs):
-                t0 = time.perf_counter()
-                w, lab = _compress(system, comp, d["text"])
-                times[j].append(time.perf_counter() - t0)
-                labels[j] = (w, lab)
-        result["times"] = times
-        result["labels"] = labels
-    result["peak_rss_mb"] = _peak_rss_mb()
-    Path(args.result).write_text(json.dumps(result), encoding="utf-8")
+def worker(system: str, models_json: str) -> None:
+    """A fresh subprocess serving one system: loads it, then answers JSON-line requests on stdin.
 
-
-def run_worker(spec: dict[str, Any], threads: int) -> dict[str, Any]:
-    """Spawn a worker subprocess; returns its result plus the wall time from spawn to exit."""
-    tmp = OUT / "tmp"
-    tmp.mkdir(parents=True, exist_ok=True)
-    spec_path = tmp / f"spec-{spec['system']}-{spec['mode']}.json"
-    res_path = tmp / f"result-{spec['system']}-{spec['mode']}.json"
-    spec_path.write_text(json.dumps(spec), encoding="utf-8")
-    res_path.unlink(missing_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false",
-               PROMPTWIRE_THREADS=str(threads), TRANSFORMERS_VERBOSITY="error")
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--spec", str(spec_path), "--result", str(res_path)]
+    Request: {"text": ...} -> {"s": seconds, "words": [...], "labels": [...], "rss": MB}.
+    The first line written is {"ready": true, "load_s": ...} once the model is loaded.
+    """
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(f"worker {spec['system']}/{spec['mode']} failed:\n{proc.stderr[-4000:]}")
-    res = json.loads(res_path.read_text(encoding="utf-8"))
-    res["wall_s"] = wall
-    return res
+    comp = _load(system, json.loads(models_json))
+    out = sys.stdout
+    out.write(json.dumps({"ready": True, "load_s": time.perf_counter() - t0}) + "\n")
+    out.flush()
+    for line in sys.stdin:
+        req = json.loads(line)
+        t = time.perf_counter()
+        words, labels = _compress(comp, req["text"])
+        dt = time.perf_counter() - t
+        out.write(json.dumps({"s": dt, "words": words, "labels": labels, "rss": _peak_rss_mb()}) + "\n")
+        out.flush()
+
+
+class Worker:
+    """Parent side of one worker subprocess."""
+
+    def __init__(self, system: str, models: dict[str, str], threads: int) -> None:
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false",
+                   PROMPTWIRE_THREADS=str(threads), TRANSFORMERS_VERBOSITY="error", PYTHONWARNINGS="ignore")
+        self.system = system
+        self.t_spawn = time.perf_counter()
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--worker", system, json.dumps(models)],
+            env=env, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self.ready = self._read()
+        self.ready_s = time.perf_counter() - self.t_spawn
+
+    def _read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            err = self.proc.stderr.read() if self.proc.stderr else ""
+            raise RuntimeError(f"worker {self.system} died:\n{err[-4000:]}")
+        result: dict[str, Any] = json.loads(line)
+        return result
+
+    def compress(self, text: str) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"text": text}) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def run_all(systems: list[str], models: dict[str, str], docs: list[dict[str, Any]], repeats: int,
+            threads: int) -> dict[str, dict[str, Any]]:
+    """All systems loaded side by side; each document goes to each system in turn (rotating order), so
+    load from other processes on the machine hits every system alike."""
+    workers = {s: Worker(s, models, threads) for s in systems}
+    runs: dict[str, dict[str, Any]] = {s: {"times": [[] for _ in docs], "labels": [None] * len(docs),
+                                           "peak_rss_mb": 0.0} for s in systems}
+    t0 = time.perf_counter()
+    for r in range(repeats):
+        for j, d in enumerate(docs):
+            order = systems[(j + r) % len(systems):] + systems[: (j + r) % len(systems)]
+            for s in order:
+                res = workers[s].compress(d["text"])
+                runs[s]["times"][j].append(res["s"])
+                runs[s]["labels"][j] = (res["words"], res["labels"])
+                runs[s]["peak_rss_mb"] = max(runs[s]["peak_rss_mb"], res["rss"])
+            if j % 5 == 4 or j == len(docs) - 1:
+                done = {s: round(sum(min(t) for t in runs[s]["times"][: j + 1]), 1) for s in systems}
+                print(f"[run] pass {r + 1}/{repeats} doc {j + 1}/{len(docs)} "
+                      f"{time.perf_counter() - t0:.0f}s; seconds so far {done}", flush=True)
+    for w in workers.values():
+        w.close()
+    return runs
+
+
+def cold_start(system: str, models: dict[str, str], doc: str, threads: int) -> dict[str, Any]:
+    """Spawn -> import + load -> first compress done, in a fresh process; and that process's peak RSS."""
+    w = Worker(system, models, threads)
+    res = w.compress(doc)
+    wall = time.perf_counter() - w.t_spawn
+    w.close()
+    return {"wall_s": wall, "load_s": w.ready["load_s"], "peak_rss_mb": res["rss"]}
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -374,13 +432,14 @@ def save_png(summary: dict[str, Any], path: Path) -> bool:
     for ax, (title, key) in zip(axes, panels, strict=True):
         vals = [r[key] * (100 if key == "agreement" else 1) for r in rows]
         bars = ax.bar(names, vals, color=["#888888", "#1f77b4", "#2ca02c"][: len(names)])
-        ax.bar_label(bars, fmt="%.3g" if key != "agreement" else "%.2f")
+        ax.bar_label(bars, fmt={"agreement": "%.2f", "cold_start_s": "%.2f"}.get(key, "%.0f"))
         ax.set_title(title, fontsize=10)
         if key == "agreement":
             ax.set_ylim(min(vals) - 1, 100.2)
         ax.tick_params(axis="x", labelsize=8)
-    fig.suptitle(f"LLMLingua-2 (mBERT-base dims, random weights): {summary['documents']} docs, "
-                 f"{summary['total_tokens']} tokens, 2-core CPU")
+    dims = "small smoke-test model" if summary.get("quick") else "mBERT-base dimensions"
+    fig.suptitle(f"LLMLingua-2 compressor, {dims}, synthetic weights: {summary['documents']} docs, "
+                 f"{summary['total_tokens']} tokens, {summary.get('threads', '?')} CPU threads")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return True
@@ -396,14 +455,19 @@ def main() -> None:
     p.add_argument("--cold-runs", type=int, default=None, help="fresh subprocesses per system for cold start")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="intra-op threads for every system")
     p.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset (llmlingua is required)")
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--spec", help=argparse.SUPPRESS)
-    p.add_argument("--result", help=argparse.SUPPRESS)
+    p.add_argument("--plot-only", metavar="JSON", help="redraw the PNG from a saved result (needs matplotlib)")
+    p.add_argument("--worker", nargs=2, metavar=("SYSTEM", "MODELS_JSON"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        worker(args)
+        worker(*args.worker)
         return
-    repeats = args.repeats or (1 if args.quick else 3)
+    if args.plot_only:
+        saved = json.loads(Path(args.plot_only).read_text(encoding="utf-8"))
+        png = Path(args.plot_only).with_suffix(".png")
+        if save_png(saved, png):
+            print(f"[png] {png}")
+        return
+    repeats = args.repeats or 1
     cold_runs = args.cold_runs or (1 if args.quick else 3)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     if systems[0] != "llmlingua":
@@ -414,18 +478,12 @@ def main() -> None:
     docs = make_docs(Path(models["ckpt"]), args.quick)
     print(f"[docs] {len(docs)} documents, {sum(d['tokens'] for d in docs)} tokens, "
           f"sizes {[d['tokens'] for d in docs]}", flush=True)
-    runs: dict[str, dict[str, Any]] = {}
     colds: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
-    for system in systems:
-        t0 = time.perf_counter()
-        runs[system] = run_worker({"system": system, "mode": "run", "models": models, "docs": docs,
-                                   "repeats": repeats}, args.threads)
-        print(f"[run] {system}: {time.perf_counter() - t0:.1f}s", flush=True)
     for _ in range(cold_runs):  # interleaved so that machine noise hits every system alike
         for system in systems:
-            colds[system].append(run_worker({"system": system, "mode": "cold", "models": models,
-                                             "docs": docs[:1]}, args.threads))
+            colds[system].append(cold_start(system, models, docs[0]["text"], args.threads))
     print(f"[cold] {({s: [round(c['wall_s'], 2) for c in cs] for s, cs in colds.items()})}", flush=True)
+    runs = run_all(systems, models, docs, repeats, args.threads)
     summary = summarise(docs, runs, colds)
     summary.update(quick=args.quick, repeats=repeats, cold_runs=cold_runs, threads=args.threads,
                    options=COMPRESS_KW, elapsed_s=time.perf_counter() - t_start,
