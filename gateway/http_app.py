@@ -23,7 +23,7 @@ from gateway.metrics import CONTENT_TYPE
 from gateway.service import Gateway, GatewayStream
 from gateway.types import ChatMessage, GatewayRequest, RequestKind, StageStats
 
-__all__ = ["create_app", "error_response"]
+__all__ = ["GatewayApp", "create_app", "error_response"]
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +143,7 @@ class _Generate:
                 (b"x-promptwire-overhead-ms", f"{overhead_ms:.3f}".encode()),
                 (b"x-promptwire-stats", _stats_header(stats)),
             ]
+            scope["promptwire.started"] = True
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": raw})
             self._count(req.model, False, 200)
@@ -150,6 +151,7 @@ class _Generate:
                 logger.debug("request %s done", request_id, extra={"request_id": request_id, "model": req.model,
                              "overhead_ms": round(overhead_ms, 3), "stages": [s.to_dict() for s in stats]})
             return
+        scope["promptwire.started"] = True
         await self._stream(stream, request_id, send, gone, watcher)
 
     def _parse(self, body: bytes, request_id: str, key_id: str | None, t0: float) -> GatewayRequest:
@@ -254,9 +256,57 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def create_app(gateway: Gateway, *, extra_routes: Sequence[BaseRoute] = (), version: str = "0.1.0") -> Starlette:
+def _error_to_response(gateway: Gateway, exc: Exception, rid: str | None) -> Response:
+    """The HTTP exception handler: any exception before the response started -> OpenAI error JSON."""
+    if isinstance(exc, PromptwireError):
+        gateway.metrics.errors.labels(str(exc.http_status), str(exc.code)).inc()
+        if exc.http_status >= 500:
+            logger.warning("request %s: %s %s", rid, exc.http_status, exc.message)
+        else:
+            logger.info("request %s: %s %s", rid, exc.http_status, exc.message)
+        return error_response(exc, rid)
+    if isinstance(exc, HTTPException):
+        body = {"error": {"message": str(exc.detail), "type": "invalid_request_error", "param": None,
+                          "code": "not_found" if exc.status_code == 404 else None}}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+    logger.error("request %s: unexpected error", rid, exc_info=exc)
+    gateway.metrics.errors.labels("500", "internal_error").inc()
+    body = {"error": {"message": "internal error in the gateway", "type": "server_error", "param": None,
+                      "code": "internal_error"}}
+    return JSONResponse(body, status_code=500)
+
+
+class GatewayApp:
+    """The ASGI app: generation routes go straight to their handler (no middleware stack on the hot
+    path); everything else goes through Starlette (``.starlette``)."""
+
+    def __init__(self, gateway: Gateway, starlette: Starlette, hot: dict[str, _Generate]) -> None:
+        self.gateway = gateway
+        self.starlette = starlette
+        self._hot = hot
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            handler = self._hot.get(scope["path"])
+            if handler is not None:
+                try:
+                    await handler(scope, receive, send)
+                except Exception as exc:
+                    if scope.get("promptwire.started"):
+                        raise  # too late for a status; the server closes the connection
+                    rid = scope.get("promptwire.request_id")
+                    await _error_to_response(self.gateway, exc, rid)(scope, receive, send)
+                return
+        await self.starlette(scope, receive, send)
+
+
+def create_app(gateway: Gateway, *, extra_routes: Sequence[BaseRoute] = (), version: str = "0.1.0") -> GatewayApp:
     """The ASGI app serving ``gateway``. ``extra_routes`` (e.g. POST /v1/compress) are added as-is."""
     openapi = json.dumps(openapi_document(version)).encode()
+    hot = {
+        "/v1/chat/completions": _Generate(gateway, "chat"),
+        "/v1/completions": _Generate(gateway, "completion"),
+    }
 
     async def models(request: Request) -> Response:
         data = [m.to_openai() for m in await gateway.list_models()]
@@ -278,27 +328,12 @@ def create_app(gateway: Gateway, *, extra_routes: Sequence[BaseRoute] = (), vers
         return Response(openapi, media_type="application/json")
 
     async def on_error(request: Request, exc: Exception) -> Response:
-        rid = request.scope.get("promptwire.request_id")
-        if isinstance(exc, PromptwireError):
-            gateway.metrics.errors.labels(str(exc.http_status), str(exc.code)).inc()
-            if exc.http_status >= 500:
-                logger.warning("request %s: %s %s", rid, exc.http_status, exc.message)
-            else:
-                logger.info("request %s: %s %s", rid, exc.http_status, exc.message)
-            return error_response(exc, rid)
-        if isinstance(exc, HTTPException):
-            body = {"error": {"message": str(exc.detail), "type": "invalid_request_error", "param": None,
-                              "code": "not_found" if exc.status_code == 404 else None}}
-            return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
-        logger.exception("request %s: unexpected error", rid, exc_info=exc)
-        gateway.metrics.errors.labels("500", "internal_error").inc()
-        body = {"error": {"message": "internal error in the gateway", "type": "server_error", "param": None,
-                          "code": "internal_error"}}
-        return JSONResponse(body, status_code=500)
+        return _error_to_response(gateway, exc, request.scope.get("promptwire.request_id"))
 
     routes: list[BaseRoute] = [
-        Route("/v1/chat/completions", _Generate(gateway, "chat"), methods=["POST"]),
-        Route("/v1/completions", _Generate(gateway, "completion"), methods=["POST"]),
+        # also routed here so other methods get a proper 405 (POST never reaches Starlette)
+        Route("/v1/chat/completions", hot["/v1/chat/completions"], methods=["POST"]),
+        Route("/v1/completions", hot["/v1/completions"], methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
@@ -306,7 +341,8 @@ def create_app(gateway: Gateway, *, extra_routes: Sequence[BaseRoute] = (), vers
         Route("/openapi.json", openapi_json, methods=["GET"]),
         *extra_routes,
     ]
-    return Starlette(
+    starlette = Starlette(
         routes=routes,
         exception_handlers={PromptwireError: on_error, HTTPException: on_error, Exception: on_error},
     )
+    return GatewayApp(gateway, starlette, hot)

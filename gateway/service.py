@@ -359,7 +359,9 @@ class Gateway:
                     param="messages" if req.kind == "chat" else "prompt",
                 )
 
-    async def _prepare(self, req: GatewayRequest) -> tuple[GatewayRequest, _Route, list[StageStats]]:
+    async def _prepare(
+        self, req: GatewayRequest, deadline: float | None
+    ) -> tuple[GatewayRequest, _Route, list[StageStats]]:
         """Checks, routing and stages: everything before the provider call."""
         key = self._keys_by_id.get(req.api_key_id) if req.api_key_id is not None else None
         if self._keys and key is None:
@@ -377,17 +379,18 @@ class Gateway:
             self.metrics.stage_seconds.labels(st.stage).observe(st.ms / 1000)
             if st.tokens_saved:
                 self.metrics.tokens_saved.labels(st.stage).inc(st.tokens_saved)
-        if route.upstream_model is not None:
-            req = dataclasses.replace(req, model=route.upstream_model)
+        if route.upstream_model is not None or deadline != req.deadline:
+            req = dataclasses.replace(req, model=route.upstream_model or req.model, deadline=deadline)
         return req, route, stats
 
-    def _remaining(self, req: GatewayRequest) -> float | None:
+    def _deadline(self, req: GatewayRequest) -> float | None:
+        """Absolute monotonic deadline: the front end's (gRPC deadline) or the configured timeout."""
         deadline = req.deadline
         timeout = self.config.limits.request_timeout_s
         if timeout is not None:
             own = time.monotonic() + timeout
             deadline = own if deadline is None else min(deadline, own)
-        return None if deadline is None else deadline - time.monotonic()
+        return deadline
 
     # ----- generation ------------------------------------------------------------------------------
 
@@ -396,10 +399,11 @@ class Gateway:
         t0 = req.received_at or time.perf_counter()
         self._admit()
         try:
-            remaining = self._remaining(req)
+            deadline = self._deadline(req)
+            remaining = None if deadline is None else deadline - time.monotonic()
             try:
                 async with asyncio.timeout(remaining):
-                    req2, route, stats = await self._prepare(req)
+                    req2, route, stats = await self._prepare(req, deadline)
                     t1 = time.perf_counter()
                     completion = await self._call(req2, route)
                     t2 = time.perf_counter()
@@ -441,11 +445,11 @@ class Gateway:
         t0 = req.received_at or time.perf_counter()
         self._admit()
         try:
-            remaining = self._remaining(req)
-            deadline = None if remaining is None else time.monotonic() + remaining
+            deadline = self._deadline(req)
+            remaining = None if deadline is None else deadline - time.monotonic()
             try:
                 async with asyncio.timeout(remaining):
-                    req2, route, stats = await self._prepare(req)
+                    req2, route, stats = await self._prepare(req, deadline)
                     t1 = time.perf_counter()
                     it, first = await self._open_stream(req2, route)
             except TimeoutError:
@@ -553,22 +557,20 @@ class GatewayStream:
         deadline = self._deadline
         it = self._it
         while True:
+            # no timer per chunk (they cost more than the rest of the relay): the provider bounds its
+            # reads by the request's deadline, and the clock is checked as each chunk arrives
             try:
-                if deadline is None:
-                    chunk = await anext(it)
-                else:
-                    async with asyncio.timeout(deadline - time.monotonic()):
-                        chunk = await anext(it)
+                chunk = await anext(it)
             except StopAsyncIteration:
                 self._ok = True
                 return
-            except TimeoutError:
-                raise RequestTimeout("the request's time limit passed while streaming") from None
+            if deadline is not None and time.monotonic() > deadline:
+                raise RequestTimeout("the request's time limit passed while streaming")
             self._note(chunk)
             yield chunk
 
     def _note(self, chunk: StreamChunk) -> None:
-        if chunk.data.get("usage"):
+        if chunk.has_usage():
             self.usage = chunk.usage
 
     async def aclose(self) -> None:

@@ -165,13 +165,36 @@ class Completion:
         return json.dumps(self.body, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-@dataclass(frozen=True, slots=True)
 class StreamChunk:
-    """One streamed OpenAI chunk (chat.completion.chunk or text_completion)."""
+    """One streamed OpenAI chunk (chat.completion.chunk or text_completion).
 
-    data: dict[str, Any]
-    raw: bytes | None = None
-    """The upstream's exact ``data:`` payload (without the prefix and blank line) when unchanged."""
+    Built from a dict (``StreamChunk(data)``) or from the upstream's bytes (``StreamChunk(raw=payload)``);
+    ``data`` is parsed from ``raw`` only when someone reads it, so pass-through streams never parse.
+    Treat it as immutable."""
+
+    __slots__ = ("_data", "raw")
+
+    def __init__(self, data: dict[str, Any] | None = None, raw: bytes | None = None) -> None:
+        assert data is not None or raw is not None, "StreamChunk needs data or raw"
+        self._data = data
+        self.raw = raw
+        """The upstream's exact ``data:`` payload (no prefix, no blank line) when unchanged."""
+
+    @property
+    def data(self) -> dict[str, Any]:
+        if self._data is None:
+            assert self.raw is not None
+            parsed = json.loads(self.raw)
+            if not isinstance(parsed, dict):
+                raise ValueError("stream chunk is not a JSON object")
+            self._data = parsed
+        return self._data
+
+    def has_usage(self) -> bool:
+        """Cheap check: does this chunk carry a non-null usage object?"""
+        if self._data is None and self.raw is not None:
+            return b'"usage":{' in self.raw or b'"usage": {' in self.raw
+        return bool(self.data.get("usage"))
 
     @property
     def usage(self) -> Usage | None:
@@ -194,6 +217,9 @@ class StreamChunk:
             elif isinstance(ch.get("text"), str):
                 out.append(ch["text"])
         return "".join(out)
+
+    def __repr__(self) -> str:
+        return f"StreamChunk({self.to_bytes()[:80]!r})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -125,7 +125,7 @@ class OpenAIProvider:
             attempt += 1
             with upstream_errors(self.name, url):
                 try:
-                    resp = await session.post(url, data=body, headers=headers)
+                    resp = await session.post(url, data=body, headers=headers, timeout=self._read_timeout(req))
                 except aiohttp.ClientError as e:
                     if not _retryable(e) or attempt >= r.max_attempts:
                         raise
@@ -151,6 +151,16 @@ class OpenAIProvider:
                 await asyncio.sleep(delay)
                 continue
             raise err
+
+    def _read_timeout(self, req: GatewayRequest) -> aiohttp.ClientTimeout:
+        """The session's timeouts, with the read timeout cut to the request's deadline when nearer, so a
+        silent upstream cannot hold a request past it."""
+        if req.deadline is None:
+            return self._timeout
+        left = req.deadline - time.monotonic()
+        if left >= self.config.timeouts.read_s:
+            return self._timeout
+        return aiohttp.ClientTimeout(total=None, connect=self.config.timeouts.connect_s, sock_read=max(0.001, left))
 
     def _backoff(self, attempt: int) -> float:
         r = self.config.retries
@@ -188,10 +198,20 @@ class OpenAIProvider:
     def _path(self, req: GatewayRequest) -> str:
         return "/chat/completions" if req.kind == "chat" else "/completions"
 
+    def _limits(self, req: GatewayRequest) -> tuple[float, float | None]:
+        """(absolute monotonic deadline, seconds for a timer of our own or None when the caller's
+        deadline comes first and its timer covers us)."""
+        total = self.config.timeouts.total_s
+        now = time.monotonic()
+        if req.deadline is not None and req.deadline - now <= total:
+            return req.deadline, None
+        return now + total, total
+
     async def generate(self, req: GatewayRequest) -> Completion:
         url = self.base_url + self._path(req)
+        _, own = self._limits(req)
         try:
-            async with asyncio.timeout(self.config.timeouts.total_s):
+            async with asyncio.timeout(own):
                 resp = await self._post(self._path(req), req)
                 with upstream_errors(self.name, url):
                     try:
@@ -209,9 +229,9 @@ class OpenAIProvider:
 
     async def generate_stream(self, req: GatewayRequest) -> AsyncIterator[StreamChunk]:
         url = self.base_url + self._path(req)
-        deadline = time.monotonic() + self.config.timeouts.total_s
+        deadline, own = self._limits(req)
         try:
-            async with asyncio.timeout_at(asyncio.get_running_loop().time() + self.config.timeouts.total_s):
+            async with asyncio.timeout(own):
                 resp = await self._post(self._path(req), req)
         except TimeoutError:
             raise RequestTimeout(f"backend {self.name!r} did not answer in time") from None
@@ -220,25 +240,20 @@ class OpenAIProvider:
             with upstream_errors(self.name, url):
                 content = resp.content
                 while True:
-                    if time.monotonic() > deadline:
-                        raise RequestTimeout(
-                            f"backend {self.name!r}: stream exceeded {self.config.timeouts.total_s:g} s"
-                        )
                     line = await content.readline()
                     if not line:
                         break
+                    if time.monotonic() > deadline:
+                        raise RequestTimeout(f"backend {self.name!r}: the stream ran past its time limit")
                     if not line.startswith(b"data:"):
                         continue  # blank separators, comments, event:/id:/retry: fields
                     payload = line[5:].strip()
                     if payload == _DONE:
                         done = True
                         break
-                    data = json.loads(payload)
-                    if "error" in data and "choices" not in data:
-                        err = data["error"]
-                        msg = err.get("message") if isinstance(err, dict) else str(err)
-                        raise UpstreamError(f"backend {self.name!r} failed mid-stream: {msg}")
-                    yield StreamChunk(data, payload)
+                    if b'"error"' in payload[:48]:  # OpenAI/vLLM error objects lead with it; chunks never do
+                        self._raise_stream_error(payload)
+                    yield StreamChunk(raw=payload)
             if not done:
                 raise UpstreamError(f"backend {self.name!r} ended the stream without [DONE]")
         finally:
@@ -246,6 +261,16 @@ class OpenAIProvider:
                 resp.release()  # back to the pool
             else:
                 resp.close()  # drop the connection: the upstream sees the client leave at once
+
+    def _raise_stream_error(self, payload: bytes) -> None:
+        data = json.loads(payload)
+        if not isinstance(data, dict) or "choices" in data:
+            return
+        err = data.get("error")
+        if err is None and data.get("object") != "error":
+            return
+        msg = err.get("message") if isinstance(err, dict) else (err or data.get("message"))
+        raise UpstreamError(f"backend {self.name!r} failed mid-stream: {msg}")
 
     async def list_models(self) -> list[ModelInfo]:
         if self.config.models is not None:
