@@ -296,7 +296,7 @@ async def start_grpc_server(
     *,
     compress: CompressHandler | None = None,
     health_interval_s: float | None = 5.0,
-    max_message_bytes: int = 16 * 1024 * 1024,
+    max_message_bytes: int | None = None,
     **_: Any,
 ) -> GrpcHandle:
     """Serve promptwire.v1.Gateway, grpc.health.v1.Health and reflection on host:port (0: a free port).
@@ -304,11 +304,14 @@ async def start_grpc_server(
     `compress` handles the Compress RPC (``CompressAPI.handle_proto``: CompressRequest in,
     CompressResponse out); without it Compress answers UNIMPLEMENTED. Health starts SERVING and, with
     `health_interval_s`, follows ``gateway.ready()`` at that period until `set_not_serving()`.
+    `max_message_bytes` caps request messages (default: the config's ``limits.max_body_bytes``).
     Unknown keyword options are ignored so callers can pass the server config through.
     """
+    if max_message_bytes is None:
+        max_message_bytes = gateway.config.limits.max_body_bytes
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max(max_message_bytes, 16 * 1024 * 1024)),
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.aio.server(options=options)

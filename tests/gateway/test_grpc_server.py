@@ -449,3 +449,12 @@ async def test_graceful_shutdown_lets_in_flight_streams_finish(serve: Any) -> No
     assert rest[-1].done and rest[-1].choices[0].finish_reason == "stop"
     assert await in_flight.code() == grpc.StatusCode.OK
     await stopping
+
+
+async def test_request_over_the_body_limit_is_refused(serve: Any) -> None:
+    s = await serve(limits={"max_body_bytes": 1000})
+    err = await _code_of(s.stub.Chat(_chat("x" * 2000)))
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # grpc's own answer to an oversized message
+    assert s.upstream.app.generation_requests == 0
+    messages, _ = await _collect(s.stub.Chat(_chat("small")))
+    assert messages[-1].done
