@@ -19,11 +19,13 @@ import datetime as dt
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -240,6 +242,63 @@ def plot(summary: dict[str, Any], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _start_profiler(server: Server | None, out: Path) -> subprocess.Popen[bytes] | None:
+    """py-spy (bench/requirements-gateway.txt) sampling promptwire's process until stopped."""
+    spy = Path(sys.executable).parent / "py-spy"
+    if server is None or not spy.exists():
+        print(
+            "[bench] WARNING: --profile needs promptwire running and py-spy in bench/.venv", file=sys.stderr
+        )
+        return None
+    cmd = [
+        str(spy),
+        "record",
+        "--pid",
+        str(server.proc.pid),
+        "--rate",
+        "250",
+        "--nonblocking",
+        "--format",
+        "raw",
+        "--output",
+        str(out / "promptwire_profile.folded"),
+        "--duration",
+        "3600",
+    ]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _stop_profiler(spy: subprocess.Popen[bytes], out: Path) -> None:
+    """Stop py-spy (it writes its file on SIGINT) and summarise the samples of the event-loop thread."""
+    spy.send_signal(signal.SIGINT)
+    try:
+        spy.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        spy.kill()
+        spy.wait(timeout=5)
+    folded = out / "promptwire_profile.folded"
+    if not folded.exists():
+        print("[bench] WARNING: py-spy wrote no profile (ptrace not permitted?)", file=sys.stderr)
+        return
+    total, own, incl = 0, Counter[str](), Counter[str]()
+    for line in folded.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if "Thread.run" in stack:  # threads parked in C (gRPC pollers, signal watch) sampled as busy
+            continue
+        frames = [f.rsplit(":", 1)[0] for f in stack.split(";")]
+        n = int(count)
+        total += n
+        own[frames[-1]] += n
+        for f in set(frames):
+            incl[f] += n
+    lines = [f"py-spy samples of promptwire's event-loop thread: {total}", "", "self time:"]
+    lines += [f"{100 * n / total:5.1f}%  {f}" for f, n in own.most_common(30)]
+    lines += ["", "inclusive time:"]
+    lines += [f"{100 * n / total:5.1f}%  {f}" for f, n in incl.most_common(60)]
+    (out / "promptwire_profile.txt").write_text("\n".join(lines) + "\n")
+    print(f"[bench] profile: {out / 'promptwire_profile.txt'} (folded stacks: {folded})", file=sys.stderr)
+
+
 def _loadavg() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -265,6 +324,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run this process and every process it starts under SCHED_FIFO priority 1, so that other work "
         "on a shared machine does not queue ahead of them (needs root; the kernel still keeps 5%% for others)",
+    )
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample promptwire with py-spy during the run (perturbs the figures a little): "
+        "bench/out/promptwire_profile.{folded,txt}",
     )
     args = ap.parse_args(argv)
     # Both are inherited across fork/exec by the upstream, both proxies and the load generator alike.
@@ -305,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
             flush=True,
         )
+        spy = _start_profiler(live.get("promptwire"), args.out) if args.profile else None
         # The load generator gets its own process (its own core's worth of CPU time, no GIL sharing).
         subprocess.run(
             [
@@ -318,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
             check=True,
             timeout=1800,
         )
+        if spy is not None:
+            _stop_profiler(spy, args.out)
         raw = json.loads((work / "results.json").read_text())["results"]
         for s in servers:
             if s.proc.poll() is not None:
