@@ -19,13 +19,14 @@ class BatchCache:
     Rows are appended after their own (unpadded) prefill and removed with ``keep``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
         self._reset()
 
     def _reset(self) -> None:
         self.cache: Any = None  # DynamicCache, or None while the batch is empty
-        self.mask = torch.zeros(0, 0, dtype=torch.long)  # (B, L)
-        self.positions = torch.zeros(0, dtype=torch.long)  # (B,) next position id per row
+        self.mask = torch.zeros(0, 0, dtype=torch.long, device=self.device)  # (B, L)
+        self.positions = torch.zeros(0, dtype=torch.long, device=self.device)  # (B,) next position id per row
 
     @property
     def rows(self) -> int:
@@ -37,7 +38,7 @@ class BatchCache:
 
     def step_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Extend the mask by one real column; return (attention_mask (B, L+1), position_ids (B, 1))."""
-        ones = torch.ones(self.rows, 1, dtype=torch.long)  # (B, 1)
+        ones = torch.ones(self.rows, 1, dtype=torch.long, device=self.device)  # (B, 1)
         self.mask = torch.cat([self.mask, ones], dim=1)  # (B, L+1)
         position_ids = self.positions[:, None].clone()  # (B, 1)
         self.positions = self.positions + 1
@@ -56,10 +57,10 @@ class BatchCache:
             values = [_pad_left(p.layers[li].values, n) for p, n in zip(parts, pads, strict=True)]
             layer.keys = torch.cat(keys, dim=0)  # (B', H, L', D)
             layer.values = torch.cat(values, dim=0)  # (B', H, L', D)
-        new_mask = [F.pad(torch.ones(1, n, dtype=torch.long), (target - n, 0)) for n in lengths]
+        new_mask = [F.pad(torch.ones(1, n, dtype=torch.long, device=self.device), (target - n, 0)) for n in lengths]
         old_mask = [F.pad(self.mask, (target - self.length, 0))] if self.cache is not None else []
         self.mask = torch.cat(old_mask + new_mask, dim=0)  # (B', L')
-        self.positions = torch.cat([self.positions, torch.tensor(list(lengths), dtype=torch.long)])  # (B',)
+        self.positions = torch.cat([self.positions, torch.tensor(list(lengths), dtype=torch.long, device=self.device)])  # (B',)
         self.cache = base
 
     def keep(self, rows: Sequence[int]) -> None:
@@ -67,7 +68,7 @@ class BatchCache:
         if not rows:
             self._reset()
             return
-        index = torch.tensor(list(rows), dtype=torch.long)
+        index = torch.tensor(list(rows), dtype=torch.long, device=self.device)
         self.mask = self.mask.index_select(0, index)  # (B', L)
         self.positions = self.positions.index_select(0, index)  # (B',)
         used = self.mask.any(dim=0).nonzero()

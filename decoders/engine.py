@@ -183,7 +183,8 @@ class Engine:
         if tokenizer.eos_token_id is not None:
             eos_list.append(tokenizer.eos_token_id)
         self.eos_token_ids = frozenset(int(e) for e in eos_list)
-        self._eos_index = torch.tensor(sorted(self.eos_token_ids), dtype=torch.long)  # (E,)
+        self.device = next(model.parameters()).device
+        self._eos_index = torch.tensor(sorted(self.eos_token_ids), dtype=torch.long, device=self.device)  # (E,)
         params = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._keep_last = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
@@ -192,7 +193,7 @@ class Engine:
         self._step_lock = threading.Lock()
         self._waiting: deque[_Request] = deque()
         self._rows: list[tuple[_Request, bool]] = []  # batch row -> (request, is_aux_stream)
-        self._batch = BatchCache()
+        self._batch = BatchCache(self.device)
         self._thread: threading.Thread | None = None
         self._closed = False
 
@@ -246,7 +247,7 @@ class Engine:
             )
         generator = None
         if not params.greedy:
-            generator = torch.Generator()
+            generator = torch.Generator(device=self.device)
             if params.seed is None:
                 generator.seed()
             else:
@@ -360,7 +361,7 @@ class Engine:
             for req in pending:
                 self._finish(req, "cancelled", "", ())
             self._rows = []
-            self._batch = BatchCache()
+            self._batch = BatchCache(self.device)
 
     def _loop(self) -> None:
         while True:
@@ -378,7 +379,7 @@ class Engine:
                         self._finish(req, "error", "", (), error=f"decode step failed: {exc}")
                     self._waiting.clear()
                     self._rows = []
-                    self._batch = BatchCache()
+                    self._batch = BatchCache(self.device)
 
     def _cancel(self, req: _Request) -> None:
         with self._cond:
@@ -407,7 +408,7 @@ class Engine:
             parts: list[torch.Tensor] = []
             # 2) one forward for all running rows, each fed its last sampled token
             if self._rows:
-                tokens = torch.tensor([[req.next_token] for req, _ in self._rows])  # (B, 1)
+                tokens = torch.tensor([[req.next_token] for req, _ in self._rows], device=self.device)  # (B, 1)
                 mask, positions = self._batch.step_inputs()  # (B, L+1), (B, 1)
                 logits, self._batch.cache = self._forward(tokens, mask, positions, self._batch.cache)  # (B, V)
                 parts.append(logits)
@@ -417,9 +418,9 @@ class Engine:
                 streams = [(req.prompt_ids, False)] + ([(req.aux_ids, True)] if req.aux_ids is not None else [])
                 for ids, is_aux in streams:
                     n = len(ids)
-                    x = torch.tensor([ids])  # (1, T)
-                    ones = torch.ones(1, n, dtype=torch.long)  # (1, T)
-                    logits, cache = self._forward(x, ones, torch.arange(n)[None], None)  # (1, V)
+                    x = torch.tensor([ids], device=self.device)  # (1, T)
+                    ones = torch.ones(1, n, dtype=torch.long, device=self.device)  # (1, T)
+                    logits, cache = self._forward(x, ones, torch.arange(n, device=self.device)[None], None)  # (1, V)
                     parts.append(logits)
                     caches.append(cache)
                     lengths.append(n)
@@ -455,7 +456,7 @@ class Engine:
                     bias = torch.zeros_like(scores)  # (N, V)
                 if allowed is not None:
                     bias[j].fill_(-math.inf)
-                    bias[j, torch.as_tensor(allowed, dtype=torch.long)] = 0.0
+                    bias[j, torch.as_tensor(allowed, dtype=torch.long, device=self.device)] = 0.0
                 bias[j, self._eos_index] = 0.0 if eos_ok else -math.inf
             if bias is not None:
                 scores = scores + bias  # (N, V)
