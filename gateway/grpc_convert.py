@@ -48,8 +48,9 @@ _STAGE_FIELDS = ("condense_history", "select_prompt", "conjugate", "compress")
 _TRIE_MODES = {options_pb2.TRIE_MODE_CANONICAL: "canonical", options_pb2.TRIE_MODE_ANY: "any"}
 
 
-def grpc_param(param: str) -> str:
-    """The gRPC field path for a parameter name the core reports (OpenAI / extension-object naming)."""
+def grpc_param(param: str, decoder: str | None = None) -> str:
+    """The gRPC field path for a parameter name the core reports (OpenAI / extension-object naming);
+    `decoder` is the request's decoder (the oneof field set in DecoderOptions), if any."""
     if param in PARAM_PATHS:
         return PARAM_PATHS[param]
     head, _, rest = param.partition(".")
@@ -58,7 +59,7 @@ def grpc_param(param: str) -> str:
         if name in _STAGE_FIELDS:
             return f"stages.{name}.options.{option}" if option else f"stages.{name}"
         if name == "decoder" and option:
-            return f"decoder.<name>.{option}"
+            return f"decoder.{decoder or '<name>'}.{option}"
     return param
 
 

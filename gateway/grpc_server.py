@@ -70,13 +70,16 @@ def _trailers(request_id: str | None, stream: GatewayStream | None) -> list[tupl
 
 
 async def _abort(
-    context: grpc.aio.ServicerContext[Any, Any], exc: PromptwireError, trailers: list[tuple[str, str]]
+    context: grpc.aio.ServicerContext[Any, Any],
+    exc: PromptwireError,
+    trailers: list[tuple[str, str]],
+    decoder: str | None = None,
 ) -> NoReturn:
     """The one place a PromptwireError becomes a gRPC status."""
     details = exc.message
     trailers = list(trailers)
     if exc.param:
-        path = conv.grpc_param(exc.param)
+        path = conv.grpc_param(exc.param, decoder)
         details = f"{details} (parameter: {path})"
         trailers.append((PARAM_KEY, path))
     retry_after = getattr(exc, "retry_after", None)
@@ -93,13 +96,14 @@ async def _status(
     context: grpc.aio.ServicerContext[Any, Any],
     metrics: Metrics,
     trailers: Callable[[], list[tuple[str, str]]] = list,
+    decoder: str | None = None,
 ) -> AsyncIterator[None]:
     """Every RPC body runs inside this: gateway errors and unexpected failures become statuses here."""
     try:
         yield
     except PromptwireError as exc:
         metrics.errors.labels(str(exc.http_status), str(exc.code)).inc()
-        await _abort(context, exc, trailers())
+        await _abort(context, exc, trailers(), decoder)
     except grpc.aio.AbortError:
         raise
     except Exception:
@@ -151,7 +155,12 @@ class _Servicer(gateway_pb2_grpc.GatewayServicer):
         stream: GatewayStream | None = None
         status = 499  # what the request counts as if it is cancelled (client gone / deadline)
         try:
-            async with _status(context, self._gateway.metrics, lambda: _trailers(request_id, stream)):
+            decoder = request.decoder.WhichOneof("decoder") if request.HasField("decoder") else None
+
+            def trailers() -> list[tuple[str, str]]:  # reads request_id and stream as they are then
+                return _trailers(request_id, stream)
+
+            async with _status(context, self._gateway.metrics, trailers, decoder):
                 try:
                     request_id = _request_id(context, request.request_id)
                     req = self._request(request, context, request_id, received)

@@ -166,6 +166,10 @@ def test_core_parameter_names_map_to_grpc_fields(core: str, grpc_field: str) -> 
     assert conv.grpc_param(core) == grpc_field
 
 
+def test_decoder_option_names_use_the_chosen_decoder() -> None:
+    assert conv.grpc_param("promptwire.decoder.labels", "trie") == "decoder.trie.labels"
+
+
 def test_stream_state_chat_and_completion() -> None:
     chat = conv.StreamState(kind="chat", request_id="r")
     first = StreamChunk({"id": "c1", "model": "m", "choices": [{"index": 0, "delta": {"role": "assistant"}}]})

@@ -1,0 +1,78 @@
+"""gRPC over the local provider: typed decoder options reach the trie decoder on a tiny in-process model."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from decoders.processors import DECODERS
+from decoders.tiny import build_tiny_causal_lm
+from gateway.config import GatewayConfig
+from gateway.grpc_server import start_grpc_server
+from gateway.service import Gateway
+from protos.promptwire.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, options_pb2
+
+pytestmark = pytest.mark.skipif("trie" not in DECODERS, reason="the trie decoder is not registered in DECODERS yet")
+
+LABELS = ["billing", "bug report", "feature request", "other", "Zürich office"]
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_causal_lm(tmp_path_factory.mktemp("grpc_llama"), "llama", seed=3)
+
+
+@pytest.fixture
+async def stub(llama_dir: Path) -> AsyncIterator[Any]:
+    raw = {"backends": {"local": {"type": "local", "model_path": str(llama_dir), "models": ["tiny-llama"]}}}
+    gw = Gateway(GatewayConfig.model_validate(raw))
+    await gw.start()
+    handle = await start_grpc_server(gw, "127.0.0.1", 0, health_interval_s=None)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{handle.port}") as channel:
+            yield gateway_pb2_grpc.GatewayStub(channel)
+    finally:
+        await handle.stop(0)
+        await gw.aclose()
+
+
+def _request(decoder: options_pb2.DecoderOptions, seed: int) -> gateway_pb2.ChatRequest:
+    return gateway_pb2.ChatRequest(
+        model="tiny-llama",
+        messages=[common_pb2.ChatMessage(role="user", content="classify: my invoice is wrong")],
+        sampling=options_pb2.SamplingParams(max_tokens=24, temperature=1.0, seed=seed),
+        decoder=decoder,
+    )
+
+
+async def _text(call: Any) -> tuple[str, Any]:
+    messages = [m async for m in call]
+    return "".join(c.text for m in messages[:-1] for c in m.choices), messages[-1]
+
+
+async def test_trie_decoder_from_typed_fields_yields_only_labels(stub: Any) -> None:
+    single = options_pb2.DecoderOptions(trie=options_pb2.TrieDecoder(labels=LABELS))
+    for seed in range(4):  # random weights, sampled: still always a label
+        text, last = await _text(stub.Chat(_request(single, seed)))
+        assert text in LABELS
+        assert last.done and last.choices[0].finish_reason == "stop"
+        assert last.usage.completion_tokens >= 1
+    multi = options_pb2.DecoderOptions(
+        trie=options_pb2.TrieDecoder(labels=LABELS, separator=", ", max_labels=2, mode=options_pb2.TRIE_MODE_ANY)
+    )
+    for seed in range(4):
+        text, _ = await _text(stub.Chat(_request(multi, seed)))
+        parts = text.split(", ")
+        assert 1 <= len(parts) <= 2 and all(p in LABELS for p in parts) and len(set(parts)) == len(parts)
+
+
+async def test_bad_decoder_options_are_invalid_argument(stub: Any) -> None:
+    empty = options_pb2.DecoderOptions(trie=options_pb2.TrieDecoder(labels=[]))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await _text(stub.Chat(_request(empty, 0)))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "(parameter: decoder.trie.labels)" in (err.value.details() or "")
