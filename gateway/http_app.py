@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import time
@@ -66,12 +67,18 @@ def _param_of(err: dict[str, Any]) -> str:
     return out
 
 
+_RID_PREFIX = uuid.uuid4().hex[:16]
+_rid_counter = itertools.count(1)
+
+
 def _request_id(raw: bytes | None) -> str:
+    """The client's x-request-id when sane, else a fresh one (process-random prefix + counter: unique
+    across replicas without a syscall per request)."""
     if raw and len(raw) <= 200 and raw.isascii():
         text = raw.decode()
         if text.isprintable():
             return text
-    return uuid.uuid4().hex
+    return f"{_RID_PREFIX}{next(_rid_counter):016x}"
 
 
 class _Generate:
@@ -82,6 +89,17 @@ class _Generate:
         self.kind: RequestKind = kind
         self.model_cls: type[BaseModel] = ChatCompletionRequest if kind == "chat" else CompletionRequest
         self._model_labels: set[str] = set()
+        self.access_log = gateway.config.server.access_log
+
+    def _log(self, req: GatewayRequest, status: int, overhead_ms: float, stats: Sequence[StageStats],
+             t0: float) -> None:
+        """One access-log line per request (``server.access_log``), stage stats included, no prompt text."""
+        logger.info(
+            "%s %s %d", "stream" if req.stream else "request", req.request_id, status,
+            extra={"request_id": req.request_id, "model": req.model, "kind": req.kind, "stream": req.stream,
+                   "status": status, "ms": round((time.perf_counter() - t0) * 1000, 3),
+                   "overhead_ms": round(overhead_ms, 3), "stages": [st.to_dict() for st in stats]},
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         t0 = time.perf_counter()
@@ -147,17 +165,16 @@ class _Generate:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": raw})
             self._count(req.model, False, 200)
-            if logger.isEnabledFor(logging.DEBUG):
-                logger.debug("request %s done", request_id, extra={"request_id": request_id, "model": req.model,
-                             "overhead_ms": round(overhead_ms, 3), "stages": [s.to_dict() for s in stats]})
+            if self.access_log:
+                self._log(req, 200, overhead_ms, stats, t0)
             return
         scope["promptwire.started"] = True
         await self._stream(stream, request_id, send, gone, watcher)
 
     def _parse(self, body: bytes, request_id: str, key_id: str | None, t0: float) -> GatewayRequest:
         try:
-            data = json.loads(body)
-        except ValueError as e:
+            data = json.loads(body.decode())  # str input skips json's slow encoding sniffing
+        except ValueError as e:  # UnicodeDecodeError included
             raise InvalidRequest(f"request body is not valid JSON: {e}") from None
         if not isinstance(data, dict):
             raise InvalidRequest("request body must be a JSON object")
@@ -218,6 +235,8 @@ class _Generate:
             watcher.cancel()
             await stream.aclose()
             self._count(model, True, status)
+            if self.access_log:
+                self._log(stream.request, status, stream.overhead_ms, stream.stats, stream.request.received_at)
 
     def _count(self, model: str, stream: bool, status: int) -> None:
         labels = self._model_labels
@@ -226,7 +245,8 @@ class _Generate:
                 model = "other"  # model names come from clients: bound the label set
             else:
                 labels.add(model)
-        self.gw.metrics.requests.labels(model, self.kind, "true" if stream else "false", str(status)).inc()
+        m = self.gw.metrics
+        m.child(m.requests, model, self.kind, "true" if stream else "false", str(status)).inc()
 
 
 async def _watch_disconnect(receive: Receive, gone: asyncio.Event, task: asyncio.Task[Any]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
@@ -19,6 +21,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.requests = Counter(
             "promptwire_requests", "Generation requests finished", ["model", "kind", "stream", "code"],
             registry=r,
@@ -59,6 +62,16 @@ class Metrics:
             "promptwire_upstream_retries", "Upstream attempts retried or failed over", ["backend", "reason"],
             registry=r,
         )
+
+    def child(self, family: Any, *labels: str) -> Any:
+        """``family.labels(*labels)``, cached: the lookup costs more than the update on the hot path."""
+        key = (id(family), labels)
+        c = self._children.get(key)
+        if c is None:
+            c = family.labels(*labels)
+            if len(self._children) < 10_000:
+                self._children[key] = c
+        return c
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

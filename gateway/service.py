@@ -31,6 +31,7 @@ from gateway.errors import (
 from gateway.metrics import Metrics
 from gateway.providers.base import Provider, ProviderFactory
 from gateway.stages.base import RESERVED_DECODERS, RESERVED_STAGES, Stage, StageFactory
+from gateway.tracing import Tracer
 from gateway.types import Completion, GatewayRequest, ModelInfo, StageStats, StreamChunk, Usage
 
 __all__ = ["NO_BACKEND_MESSAGE", "ApiKey", "Gateway", "GatewayStream"]
@@ -113,6 +114,8 @@ class Gateway:
         self._idle.set()
         self._shutting_down = False
         self._started = False
+        self.tracer = Tracer(config.otel)
+        self._log_prompts = config.server.log_prompts
 
     # ----- lifecycle -------------------------------------------------------------------------------
 
@@ -372,13 +375,19 @@ class Gateway:
         route = self._route(req.model)
         self._check_decoder(req, route)
         plan = self._plan(req, route, key)
+        if self._log_prompts and logger.isEnabledFor(logging.DEBUG):  # operator opted in (log_prompts)
+            logger.debug("request %s prompt: %s", req.request_id, req.prompt_text())
         stats: list[StageStats] = []
         for stage, opts in plan:
-            req, st = await stage.apply(req, opts)
+            if self.tracer.enabled:
+                with self.tracer.span(f"promptwire.stage.{stage.name}", {"request_id": req.request_id}):
+                    req, st = await stage.apply(req, opts)
+            else:
+                req, st = await stage.apply(req, opts)
             stats.append(st)
-            self.metrics.stage_seconds.labels(st.stage).observe(st.ms / 1000)
+            self.metrics.child(self.metrics.stage_seconds, st.stage).observe(st.ms / 1000)
             if st.tokens_saved:
-                self.metrics.tokens_saved.labels(st.stage).inc(st.tokens_saved)
+                self.metrics.child(self.metrics.tokens_saved, st.stage).inc(st.tokens_saved)
         if route.upstream_model is not None or deadline != req.deadline:
             req = dataclasses.replace(req, model=route.upstream_model or req.model, deadline=deadline)
         return req, route, stats
@@ -405,7 +414,12 @@ class Gateway:
                 async with asyncio.timeout(remaining):
                     req2, route, stats = await self._prepare(req, deadline)
                     t1 = time.perf_counter()
-                    completion = await self._call(req2, route)
+                    if self.tracer.enabled:
+                        attrs = {"request_id": req.request_id, "model": req.model, "kind": req.kind}
+                        with self.tracer.span("promptwire.upstream", attrs):
+                            completion = await self._call(req2, route)
+                    else:
+                        completion = await self._call(req2, route)
                     t2 = time.perf_counter()
             except TimeoutError:
                 raise RequestTimeout(f"request did not finish within {remaining:.3g} s") from None
@@ -414,13 +428,13 @@ class Gateway:
         t3 = time.perf_counter()
         overhead_ms = ((t1 - t0) + (t3 - t2)) * 1000
         m = self.metrics
-        m.upstream_seconds.labels(route.providers[0].name).observe(t2 - t1)
-        m.overhead_seconds.labels(req.kind).observe(overhead_ms / 1000)
-        m.total_seconds.labels(req.kind).observe(t3 - t0)
+        m.child(m.upstream_seconds, route.providers[0].name).observe(t2 - t1)
+        m.child(m.overhead_seconds, req.kind).observe(overhead_ms / 1000)
+        m.child(m.total_seconds, req.kind).observe(t3 - t0)
         usage = completion.usage
         if usage is not None:
-            m.tokens_in.labels(req.model).inc(usage.prompt_tokens)
-            m.tokens_out.labels(req.model).inc(usage.completion_tokens)
+            m.child(m.tokens_in, req.model).inc(usage.prompt_tokens)
+            m.child(m.tokens_out, req.model).inc(usage.completion_tokens)
         return completion, stats, overhead_ms
 
     async def _call(self, req: GatewayRequest, route: _Route) -> Completion:
@@ -435,7 +449,7 @@ class Gateway:
                 if len(route.providers) > 1:
                     logger.warning("request %s: backend %s failed (%s); failing over", req.request_id,
                                    prov.name, e.message)
-                    self.metrics.upstream_retries.labels(prov.name, "failover").inc()
+                    self.metrics.child(self.metrics.upstream_retries, prov.name, "failover").inc()
         assert last is not None
         raise last
 
@@ -458,8 +472,8 @@ class Gateway:
             self._release()
             raise
         overhead_ms = (t1 - t0) * 1000
-        self.metrics.overhead_seconds.labels(req.kind).observe(t1 - t0)
-        self.metrics.ttft_seconds.labels(req.model).observe(time.perf_counter() - t0)
+        self.metrics.child(self.metrics.overhead_seconds, req.kind).observe(t1 - t0)
+        self.metrics.child(self.metrics.ttft_seconds, req.model).observe(time.perf_counter() - t0)
         return GatewayStream(self, req, it, first, stats, overhead_ms, deadline, t0)
 
     async def _open_stream(
@@ -481,7 +495,7 @@ class Gateway:
                 if len(route.providers) > 1:
                     logger.warning("request %s: backend %s failed (%s); failing over", req.request_id,
                                    prov.name, e.message)
-                    self.metrics.upstream_retries.labels(prov.name, "failover").inc()
+                    self.metrics.child(self.metrics.upstream_retries, prov.name, "failover").inc()
             except BaseException:
                 await _aclose(it)
                 raise
@@ -582,7 +596,7 @@ class GatewayStream:
         finally:
             self._gw._release()
             m = self._gw.metrics
-            m.total_seconds.labels(self.request.kind).observe(time.perf_counter() - self._t0)
+            m.child(m.total_seconds, self.request.kind).observe(time.perf_counter() - self._t0)
             if self.usage is not None:
-                m.tokens_in.labels(self.request.model).inc(self.usage.prompt_tokens)
-                m.tokens_out.labels(self.request.model).inc(self.usage.completion_tokens)
+                m.child(m.tokens_in, self.request.model).inc(self.usage.prompt_tokens)
+                m.child(m.tokens_out, self.request.model).inc(self.usage.completion_tokens)

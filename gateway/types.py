@@ -184,7 +184,7 @@ class StreamChunk:
     def data(self) -> dict[str, Any]:
         if self._data is None:
             assert self.raw is not None
-            parsed = json.loads(self.raw)
+            parsed = json.loads(self.raw.decode())
             if not isinstance(parsed, dict):
                 raise ValueError("stream chunk is not a JSON object")
             self._data = parsed

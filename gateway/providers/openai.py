@@ -169,7 +169,7 @@ class OpenAIProvider:
 
     def _note_retry(self, reason: str) -> None:
         if self._metrics is not None:
-            self._metrics.upstream_retries.labels(self.name, reason).inc()
+            self._metrics.child(self._metrics.upstream_retries, self.name, reason).inc()
 
     async def _status_error(self, resp: aiohttp.ClientResponse) -> UpstreamStatusError:
         try:
@@ -218,7 +218,7 @@ class OpenAIProvider:
                         raw = await resp.read()
                     finally:
                         resp.release()
-                    body = json.loads(raw)
+                    body = json.loads(raw.decode())
         except TimeoutError:
             raise RequestTimeout(
                 f"backend {self.name!r} did not answer within {self.config.timeouts.total_s:g} s"
