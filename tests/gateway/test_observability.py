@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -30,6 +31,10 @@ def test_access_log_has_request_id_and_no_prompt_text(
     with caplog.at_level(logging.DEBUG), proxy.client() as client:
         client.chat.completions.create(model="test-model", messages=[{"role": "user", "content": SECRET}],
                                        extra_headers={"x-request-id": "rid-42"})
+        deadline = time.monotonic() + 3  # the line is written just after the response went out
+        while not [r for r in caplog.records if getattr(r, "request_id", None) == "rid-42"]:
+            assert time.monotonic() < deadline, "no access-log line"
+            time.sleep(0.01)
     lines = [r for r in caplog.records if getattr(r, "request_id", None) == "rid-42"]
     assert lines and lines[0].__dict__["status"] == 200 and lines[0].__dict__["stages"] == []
     assert all(SECRET not in r.getMessage() for r in caplog.records)
