@@ -100,6 +100,8 @@ class Transitions:
     done: np.ndarray  # (K,) int64
     tensor: torch.Tensor  # (K,) int64, ``ids`` as a tensor (shared memory)
     lookup: dict[int, tuple[int, int]]  # token id -> (dest, done)
+    fin_max: int  # the largest ``fin`` among ``dest`` (budget filtering is skipped while it fits)
+    crossing: bool  # some token runs past a label end
 
 
 class LabelIndex:
@@ -162,12 +164,12 @@ class LabelIndex:
             for n in range(len(self.children)):
                 self._memo[n] = self._pack({t: (d, -1) for t, d in self.children[n].items()})
 
-    @staticmethod
-    def _pack(lookup: dict[int, tuple[int, int]]) -> Transitions:
+    def _pack(self, lookup: dict[int, tuple[int, int]]) -> Transitions:
         ids = np.fromiter(lookup.keys(), dtype=np.int64, count=len(lookup))
         dest = np.fromiter((v[0] for v in lookup.values()), dtype=np.int64, count=len(lookup))
         done = np.fromiter((v[1] for v in lookup.values()), dtype=np.int64, count=len(lookup))
-        return Transitions(ids, dest, done, torch.from_numpy(ids), lookup)
+        fin_max = int(self.fin[dest].max(initial=0))
+        return Transitions(ids, dest, done, torch.from_numpy(ids), lookup, fin_max, bool((done >= 0).any()))
 
     def transitions(self, node: int) -> Transitions:
         """The tokens that may follow ``node`` (before exclusions of used labels)."""

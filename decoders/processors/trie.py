@@ -118,8 +118,8 @@ class TrieProcessor(Processor):
         index = self.index
         tr = index.transitions(node)
         left = self.budget - self.steps - 1  # tokens still allowed after this one
-        tight = left < int(index.fin[tr.dest].max(initial=0)) if len(tr.dest) else False
-        if not len(self.dead) and extra < 0 and not tight and not (tr.done >= 0).any():
+        tight = left < tr.fin_max
+        if not len(self.dead) and extra < 0 and not tight and not tr.crossing:
             return tr.tensor
         keep = np.ones(len(tr.ids), dtype=bool)
         if len(self.dead):
@@ -132,7 +132,7 @@ class TrieProcessor(Processor):
                 keep &= ~np.isin(tr.dest, on)
         if tight:
             keep &= index.fin[tr.dest] <= left
-        for i in np.flatnonzero(tr.done >= 0):  # rare: tokens running past a label end
+        for i in np.flatnonzero(tr.done >= 0) if tr.crossing else ():  # rare: tokens running past a label end
             keep[i] = keep[i] and extra < 0 and self._alive(int(tr.dest[i]), int(tr.done[i]))
         return torch.from_numpy(tr.ids[keep])
 
