@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,9 @@ def export(
         fp32_path = tmp / "fp32.onnx"
         ids = torch.ones(2, 8, dtype=torch.long)  # (B, T)
         mask = torch.ones(2, 8, dtype=torch.long)  # (B, T)
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # the TorchScript exporter is deprecated in favour of dynamo (which needs onnxscript)
+            warnings.simplefilter("ignore")
             torch.onnx.export(
                 model,
                 (ids, mask),
