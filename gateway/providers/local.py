@@ -14,7 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from decoders.engine import Engine, EngineConfig, EngineError, GenerationResult, SamplingParams, StreamDelta
 from decoders.processors import DECODERS, DecoderOptionError, Processor, build_processor
+from decoders.processors.trie import OPTIONS as TRIE_OPTIONS
+from decoders.processors.trie import LabelSpec
 from decoders.sampling import SamplingParamError
+from decoders.trie_score import LabelScores, score_labels
 from gateway.errors import InvalidRequest, UpstreamError
 from gateway.types import Completion, GatewayRequest, ModelInfo, StreamChunk
 
@@ -32,6 +35,7 @@ TINY_PREFIX = "tiny:"
 # OpenAI request fields the local provider cannot honour: a clear 400 rather than a silent ignore.
 _UNSUPPORTED = ("tools", "functions", "tool_choice", "function_call", "logit_bias", "suffix", "best_of", "echo")
 _MAX_N = 16
+_P = "promptwire.decoder."
 
 
 def cache_dir() -> Path:
@@ -88,6 +92,9 @@ class LocalProvider:
         started = time.perf_counter()
         self.engine = Engine.from_pretrained(path, EngineConfig())
         self.engine.start()
+        # Trie scoring runs the model on a worker thread beside the engine's; one at a time, so a burst
+        # of scoring requests cannot pile threads onto the cores the engine needs.
+        self._scoring_lock = asyncio.Lock()
         logger.info("backend %s loaded %s in %.1f s", name, path, time.perf_counter() - started)
 
     # ---- Provider protocol ---------------------------------------------------------------------
@@ -102,7 +109,11 @@ class LocalProvider:
         await asyncio.to_thread(self.engine.close)
 
     async def generate(self, req: GatewayRequest) -> Completion:
+        spec = _scoring_spec(req.decoder)
         prompts, params, n = self._prepare(req)
+        if spec is not None:
+            ids, scores = await self._score(req, prompts, n, spec)
+            return Completion(self._scoring_body(req, ids, scores))
         jobs = [
             self._one(ids, _seeded(params, i), req)
             for ids in prompts
@@ -133,7 +144,13 @@ class LocalProvider:
         return Completion(body)
 
     async def generate_stream(self, req: GatewayRequest) -> AsyncIterator[StreamChunk]:
+        spec = _scoring_spec(req.decoder)
         prompts, params, n = self._prepare(req)
+        if spec is not None:
+            ids, scores = await self._score(req, prompts, n, spec)
+            for data in _scoring_chunks(req, self._scoring_body(req, ids, scores)):
+                yield StreamChunk(data)
+            return
         if len(prompts) * n != 1:
             raise InvalidRequest("streaming supports one prompt and n=1 on the local provider", param="n")
         ids = prompts[0]
@@ -249,8 +266,10 @@ class LocalProvider:
     def _processor(self, req: GatewayRequest, ids: Sequence[int], params: SamplingParams) -> Processor | None:
         if not req.decoder:
             return None
-        options = {k: v for k, v in req.decoder.items() if k != "name"}
         name = str(req.decoder.get("name"))
+        # ``scoring`` is the provider's business (validated by _scoring_spec; false here): the trie's
+        # processor only generates.
+        options = {k: v for k, v in req.decoder.items() if k != "name" and not (name == "trie" and k == "scoring")}
         try:
             return build_processor(name, options, self.engine.decoder_context(ids, params))
         except DecoderOptionError as e:
@@ -262,6 +281,57 @@ class LocalProvider:
             return await self.engine.agenerate(ids, params, proc)
         except SamplingParamError as e:
             raise InvalidRequest(str(e), param=e.param) from None
+
+    # ---- trie scoring mode ---------------------------------------------------------------------
+
+    async def _score(self, req: GatewayRequest, prompts: list[list[int]], n: int,
+                     spec: LabelSpec) -> tuple[list[int], LabelScores]:
+        """Every label's exact log-probability after the prompt, computed on a worker thread."""
+        if len(prompts) != 1:
+            raise InvalidRequest("trie scoring mode scores one prompt per request", param="prompt")
+        if n != 1:
+            raise InvalidRequest("trie scoring mode is deterministic: n must be 1", param="n")
+        logprobs = req.params.get("logprobs")
+        if logprobs if req.kind == "chat" else logprobs is not None:
+            raise InvalidRequest("logprobs are not available in trie scoring mode; promptwire.label_scores "
+                                 "carries every label's log-probability", param="logprobs")
+        ids = prompts[0]
+        started = time.perf_counter()
+        async with self._scoring_lock:
+            try:
+                scores = await asyncio.to_thread(score_labels, self.engine.model, self.engine.tokenizer, ids,
+                                                 spec.labels)
+            except DecoderOptionError as e:  # e.g. a label this tokenizer cannot spell
+                raise InvalidRequest(str(e), param=e.param) from None
+            except (RuntimeError, ValueError) as e:
+                raise UpstreamError(f"local model failed while scoring labels: {e}") from None
+        logger.debug("request %s: scored %d labels (%d trie tokens) in %.1f ms", req.request_id,
+                     len(spec.labels), scores.forwarded_tokens, 1000 * (time.perf_counter() - started))
+        return ids, scores
+
+    def _scoring_body(self, req: GatewayRequest, ids: list[int], scores: LabelScores) -> dict[str, Any]:
+        best = max(range(len(scores.labels)), key=scores.probs.__getitem__)
+        label = scores.labels[best]
+        n_out = len(scores.token_ids[best])
+        if req.kind == "chat":
+            choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": label},
+                                      "logprobs": None, "finish_reason": "stop"}
+        else:
+            choice = {"index": 0, "text": label, "logprobs": None, "finish_reason": "stop"}
+        return {
+            "id": _response_id(req),
+            "object": "chat.completion" if req.kind == "chat" else "text_completion",
+            "created": int(time.time()),
+            "model": req.model,
+            "choices": [choice],
+            # completion tokens: the answer's (the most probable label's canonical tokens), not the
+            # trie tokens scored, so usage reads like a generation of that label
+            "usage": {"prompt_tokens": len(ids), "completion_tokens": n_out, "total_tokens": len(ids) + n_out},
+            "promptwire": {
+                "label_scores": scores.as_dict(),
+                "decoder": {"labels": [label], "scoring": True, "scored_tokens": scores.forwarded_tokens},
+            },
+        }
 
     def _choice(self, req: GatewayRequest, index: int, r: GenerationResult) -> dict[str, Any]:
         finish = "length" if r.finish_reason == "length" else "stop"
@@ -285,6 +355,59 @@ class LocalProvider:
                 choice["logprobs"] = {"content": [_chat_logprob(lp) for lp in d.logprobs]}
             return choice
         return {"index": 0, "text": d.text, "logprobs": None, "finish_reason": finish}
+
+
+def _scoring_spec(decoder: Mapping[str, Any] | None) -> LabelSpec | None:
+    """The validated labels when the request asks for the trie's scoring mode, else None."""
+    if not decoder or decoder.get("name") != "trie" or "scoring" not in decoder:
+        return None
+    scoring = decoder["scoring"]
+    if not isinstance(scoring, bool):
+        raise InvalidRequest("scoring must be true or false", param=_P + "scoring")
+    if not scoring:
+        return None
+    unknown = sorted(set(decoder) - TRIE_OPTIONS - {"name", "scoring"})
+    if unknown:
+        raise InvalidRequest(f"unknown trie option {unknown[0]!r}", param=_P + unknown[0])
+    if "labels" not in decoder:
+        raise InvalidRequest("the trie decoder needs labels", param=_P + "labels")
+    try:
+        spec = LabelSpec.parse(decoder["labels"], decoder.get("mode", "canonical"), decoder.get("separator"),
+                               decoder.get("max_labels"))
+    except DecoderOptionError as e:
+        raise InvalidRequest(str(e), param=e.param) from None
+    if spec.separator is not None:
+        raise InvalidRequest("scoring mode gives each single label's probability; it cannot be combined with "
+                             "multi-label output (separator / max_labels)", param=_P + "separator")
+    if spec.mode != "canonical":
+        raise InvalidRequest("scoring mode scores each label's canonical tokenisation in context; mode must be "
+                             "canonical (the default)", param=_P + "mode")
+    return spec
+
+
+def _scoring_chunks(req: GatewayRequest, body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A scoring response as a stream: (role,) the label as one content chunk, then the finish chunk carrying
+    ``promptwire.label_scores``, then usage if asked."""
+    head = {k: body[k] for k in ("id", "created", "model")}
+    choice = body["choices"][0]
+    out: list[dict[str, Any]] = []
+    if req.kind == "chat":
+        obj = "chat.completion.chunk"
+        label = choice["message"]["content"]
+        out.append({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                    "finish_reason": None})
+        out.append({"index": 0, "delta": {"content": label}, "logprobs": None, "finish_reason": None})
+        out.append({"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"})
+    else:
+        obj = "text_completion"
+        out.append({"index": 0, "text": choice["text"], "logprobs": None, "finish_reason": None})
+        out.append({"index": 0, "text": "", "logprobs": None, "finish_reason": "stop"})
+    chunks: list[dict[str, Any]] = [{**head, "object": obj, "choices": [c]} for c in out]
+    chunks[-1]["promptwire"] = body["promptwire"]
+    opts = req.params.get("stream_options")
+    if isinstance(opts, Mapping) and opts.get("include_usage"):
+        chunks.append({**head, "object": obj, "choices": [], "usage": body["usage"]})
+    return chunks
 
 
 def _seeded(params: SamplingParams, i: int) -> SamplingParams:
