@@ -115,6 +115,7 @@ class Gateway:
         self._shutting_down = False
         self._started = False
         self.tracer = Tracer(config.otel)
+        self.metrics.in_flight.set_function(lambda: self._in_flight)  # read at scrape time: free per request
         self._log_prompts = config.server.log_prompts
 
     # ----- lifecycle -------------------------------------------------------------------------------
@@ -222,11 +223,9 @@ class Gateway:
             )
         self._in_flight += 1
         self._idle.clear()
-        self.metrics.in_flight.inc()
 
     def _release(self) -> None:
         self._in_flight -= 1
-        self.metrics.in_flight.dec()
         if self._in_flight == 0:
             self._idle.set()
 
