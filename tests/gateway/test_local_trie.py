@@ -224,3 +224,9 @@ async def test_grpc_scoring_with_a_separator_is_invalid_argument(stub: Any) -> N
         [m async for m in stub.Chat(_grpc_request(trie))]
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "decoder.trie.separator" in (err.value.details() or "")
+
+
+def test_scoring_takes_one_prompt(proxy: RunningProxy) -> None:
+    with proxy.client() as client, pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model="tiny-llama", prompt=["a", "b"], extra_body=_scoring())
+    assert info.value.body["param"] == "prompt"  # type: ignore[index]
