@@ -230,3 +230,31 @@ def test_scoring_takes_one_prompt(proxy: RunningProxy) -> None:
     with proxy.client() as client, pytest.raises(openai.BadRequestError) as info:
         client.completions.create(model="tiny-llama", prompt=["a", "b"], extra_body=_scoring())
     assert info.value.body["param"] == "prompt"  # type: ignore[index]
+
+
+def test_scoring_beside_concurrent_generation(proxy: RunningProxy, brute: Any) -> None:
+    """Scoring runs the model on a worker thread while the engine decodes other requests: both stay right."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    chat, _ = brute
+    want = chat(MESSAGES, LABELS)
+
+    def score(_: int) -> Any:
+        with proxy.client() as client:
+            return client.chat.completions.create(model="tiny-llama", messages=MESSAGES,  # type: ignore[arg-type]
+                                                  extra_body=_scoring())
+
+    def generate(seed: int) -> str | None:
+        with proxy.client() as client:
+            resp = client.chat.completions.create(
+                model="tiny-llama", messages=[{"role": "user", "content": f"write {seed}"}],
+                temperature=1.0, seed=seed, max_tokens=32)
+            return resp.choices[0].message.content
+
+    with ThreadPoolExecutor(8) as pool:
+        gens = [pool.submit(generate, s) for s in range(4)]
+        scores = [pool.submit(score, i) for i in range(4)]
+        for f in scores:
+            resp = f.result()
+            _check_scores(resp.model_extra["promptwire"]["label_scores"], want, resp.choices[0].message.content)
+        assert all(isinstance(f.result(), str) for f in gens)
