@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import openai
 import pytest
 
 from tests.support.proxy import upstream_config
@@ -134,3 +135,20 @@ def test_metrics_count_requests_and_tokens(up_and_proxy: tuple[Any, Any]) -> Non
     assert 'promptwire_completion_tokens_total{model="test-model"} 8.0' in text
     assert 'promptwire_overhead_seconds_count{kind="chat"} 2.0' in text
     assert 'promptwire_time_to_first_token_seconds_count{model="test-model"} 1.0' in text
+
+
+def test_routing_by_discovery_default_and_rename(make_upstream: Any, make_proxy: Any) -> None:
+    a = make_upstream(models=["a-model"])
+    b = make_upstream(models=["b-model", "b-other"])
+    cfg = upstream_config(a.url, b.url, models=[{"match": "alias", "upstream_model": "b-other", "backends": ["up2"]}])
+    proxy = make_proxy(cfg)
+    with proxy.client() as client:
+        assert sorted(m.id for m in client.models.list()) == ["a-model", "alias", "b-model", "b-other"]
+        client.chat.completions.create(model="b-model", messages=MSG)  # discovered on up2
+        assert b.requests[-1].body["model"] == "b-model"
+        client.chat.completions.create(model="alias", messages=MSG)  # route renames it
+        assert b.requests[-1].body["model"] == "b-other"
+        n_a = a.app.generation_requests
+        with pytest.raises(openai.NotFoundError):  # unknown: the default (first) backend decides, here 404
+            client.chat.completions.create(model="zzz", messages=MSG)
+        assert a.app.generation_requests == n_a + 1
