@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from decoders.processors import trie
 from decoders.processors.base import DecoderContext, DecoderOptionError, Processor, ProcessorFactory
 
 __all__ = ["DECODERS", "DecoderContext", "DecoderOptionError", "Processor", "ProcessorFactory", "build_processor"]
 
 DECODERS: dict[str, ProcessorFactory] = {
-    # "trie": decoders.processors.trie.build  (H7 adds it here)
+    "trie": trie.build,
 }
 """Registered decoder names -> factories. Add an entry here; nothing registers itself on import."""
 
