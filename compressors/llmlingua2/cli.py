@@ -41,7 +41,11 @@ def register(subparsers: Any) -> None:
 
 
 def _read_input(path: str) -> str:
-    data = sys.stdin.buffer.read() if path == "-" else open(path, "rb").read()
+    if path == "-":
+        data = sys.stdin.buffer.read()
+    else:
+        with open(path, "rb") as fh:
+            data = fh.read()
     return decode_text(data, "file")
 
 
