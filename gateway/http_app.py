@@ -144,14 +144,18 @@ class _Generate:
             else:
                 completion, stats, overhead_ms = await gw.generate(req)
         except asyncio.CancelledError:
+            watcher.cancel()
             if gone.is_set():
+                task.uncancel()  # the cancel was ours (client left): finish quietly
                 self._count(req.model, req.stream, 499)
                 logger.info("request %s: client disconnected before the response", request_id)
                 return
             raise
-        finally:
-            if not req.stream:
-                watcher.cancel()
+        except BaseException:
+            watcher.cancel()
+            raise
+        if not req.stream:
+            watcher.cancel()
         if not req.stream:
             raw = completion.to_bytes()
             headers = [
@@ -227,6 +231,7 @@ class _Generate:
             await send({"type": "http.response.body", "body": _DONE, "more_body": False})
         except asyncio.CancelledError:
             if gone.is_set():
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
                 status = 499
                 logger.info("request %s: client disconnected mid-stream", request_id)
                 return
