@@ -27,6 +27,7 @@ _SEGMENT_CHARS = 50_000  # text is tokenized this much at a time (bounded memory
 _FLUSH_WINDOWS = 256  # run inference once this many windows are pending
 _SENTENCE_END = {".", "!", "?", ";", "。", "！", "？", "\n"}
 _PUNCT = set(string.punctuation)
+_PUNCT_CHARS = _PUNCT | set("。，、！？；：…")
 DEFAULT_ROLES = ("system", "context", "tool", "user")
 
 
@@ -428,7 +429,10 @@ def _render(w: _Words) -> str:
             gap_best = gap if gap.strip() == "" else "".join(c for c in gap if c.isspace())
         if w.keep[i]:
             if prev_end >= 0:
-                pieces.append(gap_best)
+                word = text[s:e]
+                # punctuation that was attached to its word stays attached to the kept word before it
+                glue = gap == "" and "\n" not in gap_best and all(c in _PUNCT_CHARS for c in word)
+                pieces.append("" if glue else gap_best)
             pieces.append(text[s:e])
             prev_end = e
             gap_best = ""
