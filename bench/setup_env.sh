@@ -60,15 +60,16 @@ stamp="$(stamp_of pyproject.toml requirements.lock "${MAIN_REQS[@]}" "$BENCH/set
 if up_to_date "$MAIN" "$stamp"; then
     log "$MAIN is up to date"
 else
-    # A local CPU wheel (pip's find-links) first; without one, only PyTorch's CPU index, never
-    # plain PyPI, whose Linux torch is the multi-GB CUDA build.
-    if "$MAIN/bin/python" -m pip install --quiet --no-index "$TORCH_PIN" 2>/dev/null; then
-        log "installed $TORCH_PIN from a local wheel into $MAIN"
+    # Pin the +cpu local version: only a CPU build can match it (pip's find-links or PyTorch's CPU
+    # index carry it; plain PyPI's Linux torch is the multi-GB CUDA build and never matches).
+    if "$MAIN/bin/python" -m pip install --quiet "$TORCH_PIN+cpu"; then
+        log "installed $TORCH_PIN+cpu into $MAIN"
     else
-        log "no local $TORCH_PIN wheel; installing it from PyTorch's CPU index"
-        "$MAIN/bin/python" -m pip install --quiet --index-url https://download.pytorch.org/whl/cpu "$TORCH_PIN"
+        log "no $TORCH_PIN+cpu wheel on the configured indexes; trying PyTorch's CPU index"
+        "$MAIN/bin/python" -m pip install --quiet --extra-index-url https://download.pytorch.org/whl/cpu \
+            "$TORCH_PIN+cpu"
     fi
-    if "$MAIN/bin/python" -c 'import torch, sys; sys.exit(0 if torch.version.cuda is None else 1)'; then
+    if "$MAIN/bin/python" -W ignore -c 'import torch, sys; sys.exit(0 if torch.version.cuda is None else 1)'; then
         log "torch is the CPU build"
     else
         log "ERROR: a CUDA build of torch was installed; remove $MAIN and retry" >&2
