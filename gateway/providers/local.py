@@ -154,7 +154,7 @@ class LocalProvider:
         if len(prompts) * n != 1:
             raise InvalidRequest("streaming supports one prompt and n=1 on the local provider", param="n")
         ids = prompts[0]
-        proc = self._processor(req, ids, params)
+        proc = await self._aprocessor(req, ids, params)
         rid, created = _response_id(req), int(time.time())
         chat = req.kind == "chat"
         obj = "chat.completion.chunk" if chat else "text_completion"
@@ -263,6 +263,13 @@ class LocalProvider:
                 return [list(x) for x in prompt]
         raise InvalidRequest("prompt must be a string, a list of strings, or token ids", param="prompt")
 
+    async def _aprocessor(self, req: GatewayRequest, ids: Sequence[int], params: SamplingParams) -> Processor | None:
+        # Building a decoder can take seconds (a trie over 10,000 labels, tokenised in context; cached after
+        # that), so it runs on a worker thread: the event loop keeps serving other requests meanwhile.
+        if not req.decoder:
+            return None
+        return await asyncio.to_thread(self._processor, req, ids, params)
+
     def _processor(self, req: GatewayRequest, ids: Sequence[int], params: SamplingParams) -> Processor | None:
         if not req.decoder:
             return None
@@ -276,7 +283,7 @@ class LocalProvider:
             raise InvalidRequest(str(e), param=e.param) from None
 
     async def _one(self, ids: list[int], params: SamplingParams, req: GatewayRequest) -> GenerationResult:
-        proc = self._processor(req, ids, params)
+        proc = await self._aprocessor(req, ids, params)
         try:
             return await self.engine.agenerate(ids, params, proc)
         except SamplingParamError as e:
