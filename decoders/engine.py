@@ -430,36 +430,8 @@ class Engine:
                 return bool(self._waiting)
             logits = torch.cat(parts)  # (B, V)
             # 4) processors adjust their request's row; allowed-token sets become one additive mask
-            main_rows = [i for i, (_, aux) in enumerate(self._rows) if not aux]
-            mains = [self._rows[i][0] for i in main_rows]
-            aux_row = {id(req): i for i, (req, aux) in enumerate(self._rows) if aux}
-            scores = logits[main_rows]  # (N, V)
-            failed: dict[int, str] = {}
-            bias: torch.Tensor | None = None
-            for j, req in enumerate(mains):
-                proc = req.processor
-                if proc is None:
-                    continue
-                try:
-                    if req.calls_process:
-                        aux_logits = logits[aux_row[id(req)]] if id(req) in aux_row else None  # (V,)
-                        scores[j] = proc.process(scores[j], aux_logits)
-                    allowed = proc.allowed_token_ids()
-                    eos_ok = proc.eos_allowed()
-                except Exception as exc:
-                    logger.exception("processor %s failed", type(proc).__name__)
-                    failed[j] = f"{type(proc).__name__} failed: {exc}"
-                    continue
-                if allowed is None and eos_ok:
-                    continue
-                if bias is None:
-                    bias = torch.zeros_like(scores)  # (N, V)
-                if allowed is not None:
-                    bias[j].fill_(-math.inf)
-                    bias[j, torch.as_tensor(allowed, dtype=torch.long, device=self.device)] = 0.0
-                bias[j, self._eos_index] = 0.0 if eos_ok else -math.inf
-            if bias is not None:
-                scores = scores + bias  # (N, V)
+            mains = [req for req, aux in self._rows if not aux]
+            scores, failed = self._apply_processors(mains, logits)  # (N, V)
             # 5) pick tokens; a row with nothing allowed stops instead of sampling
             dead_mask = torch.isneginf(scores).all(dim=-1)  # (N,)
             dead = dead_mask.tolist()
@@ -507,6 +479,36 @@ class Engine:
             # 7) free the rows of finished requests
             self._evict([r for r, aux in self._rows if not aux and r.done.is_set()], None)
             return bool(self._rows or self._waiting)
+
+    def _apply_processors(self, mains: list[_Request], logits: torch.Tensor) -> tuple[torch.Tensor, dict[int, str]]:
+        """logits (B, V) for all rows -> scores (N, V) for the main rows, plus {row: error} for failures."""
+        main_rows = [i for i, (_, aux) in enumerate(self._rows) if not aux]
+        aux_row = {id(req): i for i, (req, aux) in enumerate(self._rows) if aux}
+        scores = logits[main_rows]  # (N, V) a copy: processors may write in place
+        failed: dict[int, str] = {}
+        bias: torch.Tensor | None = None
+        for j, req in enumerate(mains):
+            allowed, eos_ok, proc = None, not req.params.ignore_eos, req.processor
+            if proc is not None:
+                try:
+                    if req.calls_process:
+                        aux_logits = logits[aux_row[id(req)]] if id(req) in aux_row else None  # (V,)
+                        scores[j] = proc.process(scores[j], aux_logits)
+                    allowed = proc.allowed_token_ids()
+                    eos_ok = eos_ok and proc.eos_allowed()
+                except Exception as exc:
+                    logger.exception("processor %s failed", type(proc).__name__)
+                    failed[j] = f"{type(proc).__name__} failed: {exc}"
+                    continue
+            if allowed is None and eos_ok:
+                continue
+            if bias is None:
+                bias = torch.zeros_like(scores)  # (N, V)
+            if allowed is not None:
+                bias[j].fill_(-math.inf)
+                bias[j, torch.as_tensor(allowed, dtype=torch.long, device=self.device)] = 0.0
+            bias[j, self._eos_index] = 0.0 if eos_ok else -math.inf
+        return (scores if bias is None else scores + bias), failed
 
     def _forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, cache: Any

@@ -41,7 +41,7 @@ class SamplingParams:
     top_logprobs: int | None = None
     """None: no logprobs; n >= 0: the chosen token's logprob plus the n most likely alternatives."""
     ignore_eos: bool = False
-    """Keep generating past EOS until max_tokens (benchmarks use it for equal-length outputs)."""
+    """Mask EOS so generation always runs to max_tokens (HF's ``min_new_tokens=max_new_tokens``)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str | list):  # accept OpenAI's "stop": "x" and JSON lists
