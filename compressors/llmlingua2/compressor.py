@@ -227,21 +227,31 @@ class Compressor:
         return texts, origin, compressed, labels
 
     def _score_all(self, pieces: list[tuple[str, list[tuple[int, int]]]], force: set[str]) -> list[_Words]:
-        """Score every word of every piece; windows of many pieces share inference batches."""
-        out: list[_Words] = []
-        pending: list[tuple[int, list[_Segment]]] = []
+        """Score every word of every piece; windows of many pieces share inference batches.
+
+        Token-level data lives only until its windows are inferred (at most ~_FLUSH_WINDOWS of them);
+        what is kept per word is a few numbers, so memory stays bounded for long inputs.
+        """
+        words: list[list[_SegWords]] = [[] for _ in pieces]
+        pending: list[tuple[int, _Segment]] = []
         n_windows = 0
+
+        def flush() -> None:
+            self._infer([sg for _, sg in pending])
+            for pj, sg in pending:
+                words[pj].append(_segment_words(sg, force))
+            pending.clear()
+
         for pi, (text, _) in enumerate(pieces):
-            segs = [self._prepare(seg, start) for start, seg in _segments(text)]
-            pending.append((pi, segs))
-            n_windows += sum(len(sg.windows) for sg in segs)
-            if n_windows >= _FLUSH_WINDOWS or pi == len(pieces) - 1:
-                self._infer([sg for _, segs_ in pending for sg in segs_])
-                for pj, segs_ in pending:
-                    out.append(self._finish(pieces[pj][0], segs_, pieces[pj][1], force))
-                pending = []
-                n_windows = 0
-        return out
+            for start, seg in _segments(text):
+                sg = self._prepare(seg, start)
+                pending.append((pi, sg))
+                n_windows += len(sg.windows)
+                if n_windows >= _FLUSH_WINDOWS:
+                    flush()
+                    n_windows = 0
+        flush()
+        return [_finish(text, words[pi], prot) for pi, (text, prot) in enumerate(pieces)]
 
     def _prepare(self, seg: str, seg_start: int) -> _Segment:
         """Tokenize one segment, find word starts and model windows."""
@@ -284,32 +294,6 @@ class Compressor:
                 sg.token_probs[a:b] = p[1:-1]
             k = end
 
-    def _finish(
-        self, text: str, segs: list[_Segment], protected: list[tuple[int, int]], force: set[str]
-    ) -> _Words:
-        starts: list[np.ndarray] = []
-        ends: list[np.ndarray] = []
-        probs: list[np.ndarray] = []
-        for sg in segs:
-            s, e, p = _segment_words(sg)
-            starts.append(s + sg.start)
-            ends.append(e + sg.start)
-            probs.append(p)
-        st = np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)  # (W,)
-        en = np.concatenate(ends) if ends else np.zeros(0, dtype=np.int64)  # (W,)
-        pr = np.concatenate(probs) if probs else np.zeros(0, dtype=np.float32)  # (W,)
-        words = [text[a:b] for a, b in zip(st, en, strict=True)]
-        ntok = np.array([_word_tokens(w) for w in words], dtype=np.int64)  # (W,)
-        forced = np.array([w in force for w in words], dtype=bool)  # (W,)
-        if protected:
-            rs = np.array([r[0] for r in protected])  # (R,)
-            re_ = np.array([r[1] for r in protected])  # (R,)
-            # a word is protected when it overlaps a protected range
-            idx = np.searchsorted(re_, st, side="right")
-            ok = idx < len(rs)
-            forced[ok] |= rs[idx[ok]] < en[ok]
-        return _Words(text, st, en, pr, ntok, forced)
-
 
 @dataclass
 class _Segment:
@@ -324,12 +308,15 @@ class _Segment:
     token_probs: np.ndarray  # (n,) float32
 
 
-def _segment_words(sg: _Segment) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Word spans (stripped of whitespace) and mean token probabilities of one segment."""
+_SegWords = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _segment_words(sg: _Segment, force: set[str]) -> _SegWords:
+    """(starts, ends, probs, cl100k counts, force-token flags) of a segment's words, in piece offsets."""
     n = len(sg.ids)
     if n == 0:
         z = np.zeros(0, dtype=np.int64)
-        return z, z, np.zeros(0, dtype=np.float32)
+        return z, z, np.zeros(0, dtype=np.float32), z, np.zeros(0, dtype=bool)
     wstart = np.flatnonzero(sg.begins)  # (W,)
     counts = np.diff(np.append(wstart, n))  # (W,)
     wprob = (np.add.reduceat(sg.token_probs, wstart) / counts).astype(np.float32)  # (W,)
@@ -344,7 +331,26 @@ def _segment_words(sg: _Segment) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         while ends[w] > starts[w] and seg[ends[w] - 1].isspace():
             ends[w] -= 1
     keep = ends > starts
-    return starts[keep], ends[keep], wprob[keep]
+    starts, ends, wprob = starts[keep], ends[keep], wprob[keep]
+    texts = [seg[a:b] for a, b in zip(starts, ends, strict=True)]
+    ntok = np.array([_word_tokens(t) for t in texts], dtype=np.int64)  # (W,)
+    forced = np.array([t in force for t in texts], dtype=bool)  # (W,)
+    return starts + sg.start, ends + sg.start, wprob, ntok, forced
+
+
+def _finish(text: str, parts: list[_SegWords], protected: list[tuple[int, int]]) -> _Words:
+    """Concatenate a piece's segment words; words overlapping a protected range are forced."""
+    if not parts:
+        z = np.zeros(0, dtype=np.int64)
+        return _Words(text, z, z, np.zeros(0, dtype=np.float32), z, np.zeros(0, dtype=bool))
+    st, en, pr, ntok, forced = (np.concatenate([p[k] for p in parts]) for k in range(5))
+    if protected:
+        rs = np.array([r[0] for r in protected])  # (R,)
+        re_ = np.array([r[1] for r in protected])  # (R,)
+        idx = np.searchsorted(re_, st, side="right")
+        ok = idx < len(rs)
+        forced[ok] |= rs[idx[ok]] < en[ok]
+    return _Words(text, st, en, pr, ntok, forced)
 
 
 @lru_cache(maxsize=200_000)

@@ -103,7 +103,9 @@ def export(
         tmp = Path(tmp_s)
         bar.set_postfix_str("load")
         config = AutoConfig.from_pretrained(src_dir)
-        model = AutoModelForTokenClassification.from_pretrained(src_dir, dtype=torch.float32).eval()
+        model = AutoModelForTokenClassification.from_pretrained(
+            src_dir, dtype=torch.float32, attn_implementation="eager"
+        ).eval()  # eager attention exports a graph onnxruntime can fuse into its Attention op
         tok = AutoTokenizer.from_pretrained(src_dir)
         bar.update()
 
