@@ -1,4 +1,5 @@
-"""Provider ``openai``: an upstream OpenAI-compatible server (vLLM, TGI, OpenAI) over pooled aiohttp."""
+"""Provider ``openai``: an upstream OpenAI-compatible server (vLLM, TGI, OpenAI) over pooled keep-alive
+HTTP/1.1 connections."""
 
 from __future__ import annotations
 
@@ -13,9 +14,15 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
-
 from gateway.errors import PromptwireError, RequestTimeout, UpstreamError, UpstreamStatusError
+from gateway.providers.http1 import (
+    ConnectError,
+    HTTP1Pool,
+    ProtocolError,
+    ReadTimeout,
+    Response,
+    StaleConnection,
+)
 from gateway.types import Completion, GatewayRequest, ModelInfo, StreamChunk
 
 if TYPE_CHECKING:
@@ -32,18 +39,18 @@ _DONE = b"[DONE]"
 
 @contextlib.contextmanager
 def upstream_errors(backend: str, url: str) -> Iterator[None]:
-    """Turn aiohttp / transport exceptions into gateway errors; the one place they are mapped."""
+    """Turn transport exceptions into gateway errors; the one place they are mapped."""
     try:
         yield
     except PromptwireError:
         raise
-    except aiohttp.ClientConnectorError as e:
-        raise UpstreamError(f"backend {backend!r}: cannot connect to {url}: {e.os_error.strerror or e}") from e
-    except (aiohttp.ServerTimeoutError, TimeoutError) as e:
+    except ConnectError as e:
+        raise UpstreamError(f"backend {backend!r}: cannot connect to {url}: {e}") from e
+    except (ReadTimeout, TimeoutError) as e:
         raise RequestTimeout(f"backend {backend!r}: upstream timed out ({e or 'read timeout'})") from e
-    except aiohttp.ClientPayloadError as e:
+    except (ProtocolError, StaleConnection) as e:
         raise UpstreamError(f"backend {backend!r}: upstream broke off the response: {e}") from e
-    except (aiohttp.ClientError, OSError) as e:
+    except OSError as e:
         raise UpstreamError(f"backend {backend!r}: upstream connection failed: {type(e).__name__}: {e}") from e
     except ValueError as e:  # JSON from the upstream that does not parse
         raise UpstreamError(f"backend {backend!r}: upstream sent malformed data: {e}") from e
@@ -64,13 +71,6 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _retryable(e: BaseException) -> bool:
-    """Transport failures worth another attempt: nothing of the response reached anyone yet."""
-    if isinstance(e, aiohttp.ServerTimeoutError):
-        return False  # the upstream may be busy with it; do not pile on
-    return isinstance(e, aiohttp.ClientConnectionError)
-
-
 class OpenAIProvider:
     """One upstream base URL; retries connect errors, 429 and 5xx before the first byte goes out."""
 
@@ -82,57 +82,60 @@ class OpenAIProvider:
         self.config = config
         self.base_url = config.base_url.rstrip("/")
         self._metrics = metrics
-        self._headers: dict[str, str] = {"content-type": "application/json", **config.headers}
+        headers: dict[str, str] = {"content-type": "application/json", "accept-encoding": "identity",
+                                   **{k.lower(): v for k, v in config.headers.items()}}
         key = os.environ.get(config.api_key_env) if config.api_key_env else config.api_key
         if key:
-            self._headers["authorization"] = f"Bearer {key}"
-        t = config.timeouts
-        self._timeout = aiohttp.ClientTimeout(total=None, connect=t.connect_s, sock_read=t.read_s)
-        self._session: aiohttp.ClientSession | None = None
+            headers["authorization"] = f"Bearer {key}"
+        self._headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        self._pool_: HTTP1Pool | None = None
         self._ready_at = 0.0
         self._ready = False
 
-    def _client(self) -> aiohttp.ClientSession:
-        # created lazily: aiohttp binds a session to the running loop
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(
-                limit=self.config.max_connections, keepalive_timeout=60, ttl_dns_cache=300
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector, timeout=self._timeout, auto_decompress=True,
-                json_serialize=json.dumps, raise_for_status=False,
-            )
-        return self._session
+    def _pool(self) -> HTTP1Pool:
+        # created lazily: the pool belongs to the running loop
+        if self._pool_ is None:
+            self._pool_ = HTTP1Pool(self.base_url, max_idle=self.config.max_connections,
+                                    connect_timeout=self.config.timeouts.connect_s)
+        return self._pool_
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool_ is not None:
+            self._pool_.close()
+            self._pool_ = None
 
     # ----- sending with retries --------------------------------------------------------------------
 
-    async def _post(self, path: str, req: GatewayRequest) -> aiohttp.ClientResponse:
+    def _read_timeout(self, req: GatewayRequest) -> float:
+        """The read timeout, cut to the request's remaining time so a silent upstream cannot hold it."""
+        t = self.config.timeouts.read_s
+        if req.deadline is not None:
+            t = min(t, max(0.001, req.deadline - time.monotonic()))
+        return t
+
+    async def _post(self, path: str, req: GatewayRequest) -> Response:
         """POST with retries; returns a 200 response whose body is not read yet."""
         url = self.base_url + path
         body = json.dumps(req.upstream_body(), separators=(",", ":"), ensure_ascii=False).encode()
-        headers = {**self._headers, "x-request-id": req.request_id}
-        if req.stream:
-            headers["accept-encoding"] = "identity"  # compressed SSE would be buffered
+        headers = [*self._headers, (b"x-request-id", req.request_id.encode("latin-1", "replace"))]
         r = self.config.retries
-        session = self._client()
+        pool = self._pool()
         attempt = 0
         while True:
             attempt += 1
             with upstream_errors(self.name, url):
                 try:
-                    resp = await session.post(url, data=body, headers=headers, timeout=self._read_timeout(req))
-                except aiohttp.ClientError as e:
-                    if not _retryable(e) or attempt >= r.max_attempts:
+                    resp = await pool.request(b"POST", path, headers, body, self._read_timeout(req))
+                except StaleConnection:
+                    attempt -= 1  # the upstream closed an idle connection: resend, not a real failure
+                    continue
+                except ConnectError as e:
+                    if attempt >= r.max_attempts:
                         raise
                     delay = self._backoff(attempt)
                     self._note_retry("connect")
-                    logger.info("request %s: backend %s: %s; retry %d in %.3fs", req.request_id, self.name,
-                                type(e).__name__, attempt, delay)
+                    logger.info("request %s: backend %s: %s; retry %d in %.3fs", req.request_id, self.name, e,
+                                attempt, delay)
                     await asyncio.sleep(delay)
                     continue
                 if resp.status == 200:
@@ -152,16 +155,6 @@ class OpenAIProvider:
                 continue
             raise err
 
-    def _read_timeout(self, req: GatewayRequest) -> aiohttp.ClientTimeout:
-        """The session's timeouts, with the read timeout cut to the request's deadline when nearer, so a
-        silent upstream cannot hold a request past it."""
-        if req.deadline is None:
-            return self._timeout
-        left = req.deadline - time.monotonic()
-        if left >= self.config.timeouts.read_s:
-            return self._timeout
-        return aiohttp.ClientTimeout(total=None, connect=self.config.timeouts.connect_s, sock_read=max(0.001, left))
-
     def _backoff(self, attempt: int) -> float:
         r = self.config.retries
         base: float = min(r.max_backoff_s, r.backoff_s * 2.0 ** (attempt - 1))
@@ -171,7 +164,7 @@ class OpenAIProvider:
         if self._metrics is not None:
             self._metrics.child(self._metrics.upstream_retries, self.name, reason).inc()
 
-    async def _status_error(self, resp: aiohttp.ClientResponse) -> UpstreamStatusError:
+    async def _status_error(self, resp: Response) -> UpstreamStatusError:
         try:
             raw = await resp.read()
         finally:
@@ -179,7 +172,7 @@ class OpenAIProvider:
         body: dict[str, Any] | None = None
         message = f"backend {self.name!r} answered HTTP {resp.status}"
         try:
-            parsed = json.loads(raw) if raw else None
+            parsed = json.loads(raw.decode()) if raw else None
         except ValueError:
             parsed = None
         if isinstance(parsed, dict):
@@ -190,7 +183,7 @@ class OpenAIProvider:
             elif isinstance(err, str):
                 message = f"{message}: {err}"
         return UpstreamStatusError(
-            resp.status, message, body=body, retry_after=_retry_after(resp.headers.get("retry-after"))
+            resp.status, message, body=body, retry_after=_retry_after(resp.header(b"retry-after"))
         )
 
     # ----- Provider protocol -----------------------------------------------------------------------
@@ -238,11 +231,7 @@ class OpenAIProvider:
         done = False
         try:
             with upstream_errors(self.name, url):
-                content = resp.content
-                while True:
-                    line = await content.readline()
-                    if not line:
-                        break
+                async for line in resp.lines():
                     if time.monotonic() > deadline:
                         raise RequestTimeout(f"backend {self.name!r}: the stream ran past its time limit")
                     if not line.startswith(b"data:"):
@@ -258,12 +247,12 @@ class OpenAIProvider:
                 raise UpstreamError(f"backend {self.name!r} ended the stream without [DONE]")
         finally:
             if done:
-                resp.release()  # back to the pool
+                resp.release_at_end()  # back to the pool once the terminating chunk is in
             else:
                 resp.close()  # drop the connection: the upstream sees the client leave at once
 
     def _raise_stream_error(self, payload: bytes) -> None:
-        data = json.loads(payload)
+        data = json.loads(payload.decode())
         if not isinstance(data, dict) or "choices" in data:
             return
         err = data.get("error")
@@ -272,18 +261,27 @@ class OpenAIProvider:
         msg = err.get("message") if isinstance(err, dict) else (err or data.get("message"))
         raise UpstreamError(f"backend {self.name!r} failed mid-stream: {msg}")
 
+    async def _get_models(self, timeout: float) -> tuple[int, bytes]:
+        pool = self._pool()
+        resp = await pool.request(b"GET", "/models", self._headers, b"", timeout)
+        try:
+            raw = await resp.read()
+        finally:
+            resp.release()
+        return resp.status, raw
+
     async def list_models(self) -> list[ModelInfo]:
         if self.config.models is not None:
             return [ModelInfo(m, owned_by=self.name, provider=self.name) for m in self.config.models]
         url = self.base_url + "/models"
         with upstream_errors(self.name, url):
             async with asyncio.timeout(self.config.timeouts.connect_s + 5):
-                async with self._client().get(url, headers=self._headers) as resp:
-                    if resp.status != 200:
-                        raise await self._status_error(resp)
-                    body = await resp.json(content_type=None)
+                status, raw = await self._get_models(5.0)
+            if status != 200:
+                raise UpstreamStatusError(status, f"backend {self.name!r}: GET /models answered HTTP {status}")
+            body = json.loads(raw.decode())
         out = []
-        for m in body.get("data") or ():
+        for m in body.get("data") or () if isinstance(body, dict) else ():
             if isinstance(m, dict) and isinstance(m.get("id"), str):
                 out.append(ModelInfo(m["id"], owned_by=str(m.get("owned_by") or self.name),
                                      created=int(m.get("created") or 0), provider=self.name))
@@ -294,13 +292,11 @@ class OpenAIProvider:
         now = time.monotonic()
         if now - self._ready_at < _READY_CACHE_S:
             return self._ready
-        url = self.base_url + "/models"
         try:
             async with asyncio.timeout(2.0):
-                async with self._client().get(url, headers=self._headers) as resp:
-                    await resp.read()
-                    ok = resp.status < 500
-        except (aiohttp.ClientError, OSError, TimeoutError):
+                status, _ = await self._get_models(2.0)
+            ok = status < 500
+        except (OSError, TimeoutError, ValueError):
             ok = False
         self._ready, self._ready_at = ok, time.monotonic()
         return ok

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import openai
 import uvicorn
+import uvloop
 
 from gateway.config import GatewayConfig, validate_config
 from gateway.http_app import create_app
@@ -72,7 +73,8 @@ class RunningProxy:
 
     def _thread_main(self, sock: socket.socket) -> None:
         try:
-            asyncio.run(self._main(sock))
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:  # as `promptwire serve` runs
+                runner.run(self._main(sock))
         except BaseException as e:  # reported by start()
             self._error = e
 

@@ -1,0 +1,285 @@
+"""A small keep-alive HTTP/1.1 client on asyncio + httptools: the upstream hot path, 4-5x cheaper per
+request than aiohttp here (11 vs 52 µs CPU measured), which matters when the gateway is CPU-bound."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+from collections.abc import AsyncIterator
+from typing import cast
+from urllib.parse import urlsplit
+
+import httptools
+
+__all__ = ["ConnectError", "HTTP1Pool", "ProtocolError", "ReadTimeout", "Response", "StaleConnection"]
+
+
+class ConnectError(OSError):
+    """Could not open a connection (refused, unreachable, connect timeout)."""
+
+
+class StaleConnection(ConnectionError):
+    """A reused keep-alive connection closed before any response byte: safe to send again."""
+
+
+class ProtocolError(ConnectionError):
+    """The connection broke or the bytes were not HTTP: the response is incomplete."""
+
+
+class ReadTimeout(TimeoutError):
+    """No bytes from the upstream for longer than the read timeout."""
+
+
+class _Conn(asyncio.Protocol):
+    """One connection; one request at a time. The parser's callbacks fill the response state."""
+
+    def __init__(self, pool: HTTP1Pool) -> None:
+        self.pool = pool
+        self.loop = pool.loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.used = False
+        self.reused = False
+        self.pool_on_end = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.chunks: collections.deque[bytes] = collections.deque()
+        self.head_done = False
+        self.done = False
+        self.got_bytes = False
+        self.exc: BaseException | None = None
+        self.waiter: asyncio.Future[None] | None = None
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
+
+    def data_received(self, data: bytes) -> None:
+        self.got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:  # pragma: no cover - we never ask for upgrades
+            self._fail(ProtocolError("unexpected protocol upgrade"))
+        except httptools.HttpParserError as e:
+            self._fail(ProtocolError(f"malformed HTTP from upstream: {e}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if not self.done:
+            if not self.got_bytes and self.reused:
+                self._fail(StaleConnection("keep-alive connection closed by the upstream"))
+            else:
+                self._fail(ProtocolError("upstream closed the connection before the response was complete"))
+
+    # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        self.head_done = True
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        self.done = True
+        self._wake()
+        if self.pool_on_end:  # the reader let go early (after [DONE]); now the connection is clean
+            self.pool_on_end = False
+            if not self.closed and self.parser.should_keep_alive():
+                self.pool._put(self)
+            else:
+                self.close()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.exc is None:
+            self.exc = exc
+        self._wake()
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+    def _wake(self) -> None:
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def wait(self, timeout: float | None) -> None:
+        """Until the parser made progress (or failed); ReadTimeout after ``timeout`` of silence."""
+        if self.exc is not None:
+            raise self.exc
+        self.waiter = self.loop.create_future()
+        handle = None if timeout is None else self.loop.call_later(timeout, self._timed_out, self.waiter)
+        try:
+            await self.waiter
+        finally:
+            self.waiter = None
+            if handle is not None:
+                handle.cancel()
+        if self.exc is not None:
+            raise self.exc
+
+    def _timed_out(self, waiter: asyncio.Future[None]) -> None:
+        if not waiter.done():
+            waiter.set_exception(ReadTimeout("upstream sent nothing within the read timeout"))
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+        self.closed = True
+
+
+class Response:
+    """A response being read; ``close()`` drops the connection, ``release()`` returns it to the pool."""
+
+    def __init__(self, conn: _Conn, read_timeout: float | None) -> None:
+        self._conn = conn
+        self._read_timeout = read_timeout
+        self.status = conn.status
+        self._finished = False
+
+    def header(self, name: bytes) -> str | None:
+        for k, v in self._conn.headers:
+            if k == name:
+                return v.decode("latin-1")
+        return None
+
+    async def read(self) -> bytes:
+        conn = self._conn
+        while not conn.done:
+            await conn.wait(self._read_timeout)
+        body = b"".join(conn.chunks)
+        conn.chunks.clear()
+        return body
+
+    async def lines(self) -> AsyncIterator[bytes]:
+        """The body split into lines (without the line break), as they arrive."""
+        conn = self._conn
+        buf = b""
+        while True:
+            while conn.chunks:
+                buf += conn.chunks.popleft()
+                while True:
+                    i = buf.find(b"\n")
+                    if i < 0:
+                        break
+                    line, buf = buf[:i], buf[i + 1 :]
+                    yield line.rstrip(b"\r")
+            if conn.done:
+                if buf:
+                    yield buf
+                return
+            await conn.wait(self._read_timeout)
+
+    def release(self) -> None:
+        """Back to the pool when the response was read to its end and keep-alive holds; else close."""
+        if self._finished:
+            return
+        self._finished = True
+        conn = self._conn
+        if conn.done and not conn.closed and conn.exc is None and conn.parser.should_keep_alive():
+            self._conn.pool._put(conn)
+        else:
+            conn.close()
+
+    def release_at_end(self) -> None:
+        """The caller needs no more bytes (an SSE stream's [DONE] came) but the message may not be
+        complete yet (the terminating chunk): pool the connection when it is, instead of closing it."""
+        conn = self._conn
+        if self._finished:
+            return
+        if conn.done or conn.exc is not None or conn.closed:
+            self.release()
+            return
+        self._finished = True
+        conn.chunks.clear()
+        conn.pool_on_end = True
+
+    def close(self) -> None:
+        if not self._finished:
+            self._finished = True
+            self._conn.close()
+
+
+class HTTP1Pool:
+    """Keep-alive connections to one origin (scheme://host:port)."""
+
+    def __init__(self, base_url: str, *, max_idle: int = 512, connect_timeout: float = 5.0) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {base_url!r}")
+        self.host = parts.hostname
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.ssl: ssl.SSLContext | None = ssl.create_default_context() if parts.scheme == "https" else None
+        default_port = (parts.scheme == "https" and self.port == 443) or (parts.scheme == "http" and self.port == 80)
+        self.host_header = (self.host if default_port else f"{self.host}:{self.port}").encode("idna")
+        self.path_prefix = parts.path.rstrip("/")
+        self.max_idle = max_idle
+        self.connect_timeout = connect_timeout
+        self.loop = asyncio.get_running_loop()
+        self._idle: list[_Conn] = []
+        self._closed = False
+
+    def _put(self, conn: _Conn) -> None:
+        if len(self._idle) < self.max_idle and not self._closed:
+            conn._reset()
+            self._idle.append(conn)
+        else:
+            conn.close()
+
+    async def _connect(self) -> _Conn:
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, proto = await self.loop.create_connection(
+                    lambda: _Conn(self), self.host, self.port, ssl=self.ssl
+                )
+        except TimeoutError:
+            raise ConnectError(f"connect timeout after {self.connect_timeout:g} s") from None
+        except OSError as e:
+            raise ConnectError(e.strerror or str(e)) from e
+        return proto
+
+    async def request(
+        self, method: bytes, path: str, headers: list[tuple[bytes, bytes]], body: bytes,
+        read_timeout: float | None,
+    ) -> Response:
+        """Send one request and wait for the status line and headers."""
+        conn = None
+        while self._idle:
+            c = self._idle.pop()
+            if not c.closed:
+                conn = c
+                break
+        if conn is None:
+            conn = await self._connect()
+        conn.reused = conn.used
+        conn.used = True
+        head = b"%s %s HTTP/1.1\r\nhost: %s\r\ncontent-length: %d\r\n" % (
+            method, (self.path_prefix + path).encode(), self.host_header, len(body))
+        parts = [head]
+        for k, v in headers:
+            parts.append(k + b": " + v + b"\r\n")
+        parts.append(b"\r\n")
+        parts.append(body)
+        assert conn.transport is not None
+        try:
+            conn.transport.write(b"".join(parts))
+            while not conn.head_done:
+                await conn.wait(read_timeout)
+        except BaseException:  # cancelled, timed out or broken: the connection cannot be reused
+            conn.close()
+            raise
+        return Response(conn, read_timeout)
+
+    def close(self) -> None:
+        self._closed = True
+        for c in self._idle:
+            c.close()
+        self._idle.clear()
