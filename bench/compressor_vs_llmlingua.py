@@ -231,6 +231,9 @@ class _Ours:
 
     def compress_prompt(self, context: list[str], **kw: Any) -> dict[str, Any]:
         # batches padded to the longest chunk, not to 512: same decisions up to float noise
+        batch = int(os.environ.get("PW_BENCH_OURS_BATCH", "0"))
+        if batch:
+            kw["max_batch_size"] = batch  # windows per inference call (library default: llmlingua's 50)
         result: dict[str, Any] = self.comp.compress_llmlingua(context, pad_to_max=False, **kw)
         return result
 
@@ -454,6 +457,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=None, help="timed passes per system (median per document)")
     p.add_argument("--cold-runs", type=int, default=None, help="fresh subprocesses per system for cold start")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="intra-op threads for every system")
+    p.add_argument("--ours-batch", type=int, default=0,
+                   help="windows per inference call for ours (compat max_batch_size; 0 = library default, 50)")
     p.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset (llmlingua is required)")
     p.add_argument("--plot-only", metavar="JSON", help="redraw the PNG from a saved result (needs matplotlib)")
     p.add_argument("--worker", nargs=2, metavar=("SYSTEM", "MODELS_JSON"), help=argparse.SUPPRESS)
@@ -473,6 +478,8 @@ def main() -> None:
     if systems[0] != "llmlingua":
         raise SystemExit("--systems must start with llmlingua (the reference)")
     OUT.mkdir(parents=True, exist_ok=True)
+    if args.ours_batch:
+        os.environ["PW_BENCH_OURS_BATCH"] = str(args.ours_batch)
     t_start = time.perf_counter()
     models = {k: str(v) for k, v in build_models(args.quick).items()}
     docs = make_docs(Path(models["ckpt"]), args.quick)
@@ -485,11 +492,12 @@ def main() -> None:
     print(f"[cold] {({s: [round(c['wall_s'], 2) for c in cs] for s, cs in colds.items()})}", flush=True)
     runs = run_all(systems, models, docs, repeats, args.threads)
     summary = summarise(docs, runs, colds)
-    summary.update(quick=args.quick, repeats=repeats, cold_runs=cold_runs, threads=args.threads,
+    summary.update(ours_batch=args.ours_batch or None, quick=args.quick, repeats=repeats, cold_runs=cold_runs, threads=args.threads,
                    options=COMPRESS_KW, elapsed_s=time.perf_counter() - t_start,
                    command=" ".join([Path(sys.executable).name, *sys.argv]))
     print_table(summary)
-    stem = "compressor_vs_llmlingua" + ("-quick" if args.quick else "")
+    stem = "compressor_vs_llmlingua" + ("-quick" if args.quick else "") + (
+        f"-batch{args.ours_batch}" if args.ours_batch else "")
     (OUT / f"{stem}.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     if save_png(summary, OUT / f"{stem}.png"):
         print(f"[png] {OUT / (stem + '.png')}")
