@@ -131,3 +131,16 @@ def test_client_disconnect_before_response_closes_the_upstream(make_upstream: An
         client.chat.completions.create(model="test-model", messages=MSG)
     assert _wait_for(lambda: up.app.disconnects == 1, 1.5)
     assert _wait_for(lambda: proxy.gateway.in_flight == 0)
+
+
+def test_upstream_closing_idle_keep_alive_connections(make_proxy: Any) -> None:
+    from tests.support.upstream import UpstreamServer
+
+    with UpstreamServer(keep_alive_s=0.2) as up:  # closes idle connections after 0.2 s
+        proxy = make_proxy(upstream_config(up.url))
+        with proxy.client() as client:
+            for _ in range(3):
+                assert client.chat.completions.create(model="test-model", messages=MSG).choices[0].message.content
+                list(client.chat.completions.create(model="test-model", messages=MSG, stream=True))
+                time.sleep(0.35)  # the pooled connections are gone by the next request
+        assert up.app.generation_requests == 6  # no failed attempt had to be retried

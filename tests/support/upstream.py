@@ -273,9 +273,10 @@ def make_app(knobs: Knobs | None = None) -> _App:
 class UpstreamServer:
     """The fake upstream running in a background thread (own event loop) on 127.0.0.1."""
 
-    def __init__(self, knobs: Knobs | None = None, *, port: int = 0) -> None:
+    def __init__(self, knobs: Knobs | None = None, *, port: int = 0, keep_alive_s: float = 5.0) -> None:
         self.app = make_app(knobs)
         self._port = port
+        self._keep_alive_s = keep_alive_s
         self._thread: threading.Thread | None = None
         self._server: uvicorn.Server | None = None
         self.port = 0
@@ -299,7 +300,8 @@ class UpstreamServer:
         sock.bind(("127.0.0.1", self._port))
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(self.app, log_level="critical", lifespan="off", access_log=False,
-                                http="httptools", loop="asyncio", timeout_graceful_shutdown=1)
+                                http="httptools", loop="asyncio", timeout_graceful_shutdown=1,
+                                timeout_keep_alive=self._keep_alive_s)
         self._server = uvicorn.Server(config)
         server = self._server
         self._thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])),
