@@ -52,6 +52,9 @@ class BatchCache:
         parts = ([self.cache] if self.cache is not None else []) + list(caches)
         pads = ([target - self.length] if self.cache is not None else []) + [target - n for n in lengths]
         base = parts[0]
+        if any(getattr(layer, "is_sliding", False) for layer in base.layers):
+            # sliding-window layers keep a rolling buffer whose offsets padding would break
+            raise NotImplementedError("the engine supports full-attention KV caches only (no sliding window)")
         for li, layer in enumerate(base.layers):
             keys = [_pad_left(p.layers[li].keys, n) for p, n in zip(parts, pads, strict=True)]
             values = [_pad_left(p.layers[li].values, n) for p, n in zip(parts, pads, strict=True)]
