@@ -91,8 +91,13 @@ class MicroBatcher(Generic[T, R]):
     one cancelled while its batch runs simply does not receive the result.
     """
 
-    def __init__(self, fn: Callable[[Sequence[T]], Sequence[R | BaseException]],
-                 config: BatcherConfig | None = None, *, name: str = "batcher") -> None:
+    def __init__(
+        self,
+        fn: Callable[[Sequence[T]], Sequence[R | BaseException]],
+        config: BatcherConfig | None = None,
+        *,
+        name: str = "batcher",
+    ) -> None:
         self.fn = fn
         self.config = config or BatcherConfig()
         self.name = name
@@ -240,7 +245,9 @@ class MicroBatcher(Generic[T, R]):
         try:
             out = list(self.fn(items))
             if len(out) != len(items):
-                raise RuntimeError(f"{self.name}: batch function returned {len(out)} results for {len(items)} items")
+                raise RuntimeError(
+                    f"{self.name}: batch function returned {len(out)} results for {len(items)} items"
+                )
         except Exception as exc:
             if len(items) == 1:
                 return [exc]
