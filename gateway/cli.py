@@ -1,10 +1,11 @@
-"""The ``promptwire`` command line: ``serve`` and ``config check``."""
+"""The ``promptwire`` command line: serve, config check, compress, compressor export, models make-tiny."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -32,6 +33,10 @@ def _upstream_url(url: str) -> str:
 
 def _serve_config(args: argparse.Namespace) -> GatewayConfig:
     raw, source = load_raw(args.config)
+    if args.config is None and (args.upstream or args.model):
+        # The embedded default's stand-in model gives way to the backends named on the command line.
+        raw["backends"] = {}
+        raw.pop("default_backend", None)
     server = raw.setdefault("server", {})
     if not isinstance(server, dict):
         raise ConfigError(f"{source}: server: must be a mapping")
@@ -106,6 +111,10 @@ async def _serve(config: GatewayConfig) -> int:
     gateway = Gateway(config)
     try:
         await gateway.start()
+        # Everything loaded so far lives as long as the process: keep it out of the collector's
+        # generations, or each full collection walks it and stalls every request in flight.
+        gc.collect()
+        gc.freeze()
     except Exception as e:  # a backend or stage that cannot be built: say why and exit
         logger.error("cannot start: %s", getattr(e, "message", None) or e, extra={"event": "start_failed"})
         await gateway.aclose()
@@ -220,6 +229,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, Any]:
     check = config_sub.add_parser("check", help="validate a config file (exit 1 with the errors)")
     check.add_argument("file", metavar="FILE")
     check.set_defaults(func=_cmd_config_check)
+
+    # Commands of the other packages, added explicitly (imports stay light until a command runs).
+    from compressors.llmlingua2.cli import register as register_compressor
+    from gateway.cli_models import register as register_models
+
+    register_compressor(sub)
+    register_models(sub)
     return parser, sub
 
 

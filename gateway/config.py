@@ -126,6 +126,9 @@ class BackendConfig(_Strict):
     """Extra headers sent upstream with every request."""
     model_path: str | None = None
     """Type local: checkpoint directory or id."""
+    structured_choice: Literal["structured_outputs", "guided_choice"] | None = None
+    """Type openai: how the upstream constrains output to one of a list (trie labels). vLLM >= 0.12:
+    ``structured_outputs``; older vLLM: ``guided_choice``; None: it cannot (labels get a clear 400)."""
 
     @model_validator(mode="after")
     def _needs_url(self) -> BackendConfig:

@@ -85,7 +85,8 @@ class LocalProvider:
         if self._source.startswith(TINY_PREFIX):
             logger.warning(
                 "backend %s serves %s, a tiny randomly initialised STAND-IN model built locally (its text is "
-                "gibberish); point model_path / --model at a real checkpoint directory or Hugging Face id",
+                "gibberish). For real output: promptwire serve --model CHECKPOINT_DIR_OR_HF_ID, or "
+                "--upstream http://HOST:PORT/v1, or model_path in your --config file",
                 name, self._source,
             )
         path = resolve_model_source(self._source)

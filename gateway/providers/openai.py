@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import PromptwireError, RequestTimeout, UpstreamError, UpstreamStatusError
+from gateway.providers.choice import apply_choice
 from gateway.providers.http1 import (
     ConnectError,
     HTTP1Pool,
@@ -74,7 +75,9 @@ def _retry_after(value: str | None) -> float | None:
 class OpenAIProvider:
     """One upstream base URL; retries connect errors, 429 and 5xx before the first byte goes out."""
 
-    decoders: frozenset[str] = frozenset()
+    decoders: frozenset[str] = frozenset({"trie"})
+    """Trie labels map to the upstream's structured-output choice (``structured_choice`` in config);
+    apply_choice answers the clear error when the upstream cannot do it."""
 
     def __init__(self, name: str, config: BackendConfig, metrics: Metrics | None = None) -> None:
         assert config.base_url is not None  # checked by config validation
@@ -116,7 +119,11 @@ class OpenAIProvider:
     async def _post(self, path: str, req: GatewayRequest) -> Response:
         """POST with retries; returns a 200 response whose body is not read yet."""
         url = self.base_url + path
-        body = json.dumps(req.upstream_body(), separators=(",", ":"), ensure_ascii=False).encode()
+        payload = req.upstream_body()
+        if req.decoder is not None:
+            payload = apply_choice(payload, req.decoder, self.config.structured_choice, model=req.model,
+                                   backend=self.name)
+        body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
         headers = [*self._headers, (b"x-request-id", req.request_id.encode("latin-1", "replace"))]
         r = self.config.retries
         pool = self._pool()

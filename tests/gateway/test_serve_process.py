@@ -20,8 +20,10 @@ MSG = [{"role": "user", "content": "hi"}]
 
 
 class Served:
-    def __init__(self, args: list[str]) -> None:
+    def __init__(self, args: list[str], cache_dir: Path | None = None) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PROMPTWIRE_")}
+        if cache_dir is not None:
+            env["PROMPTWIRE_CACHE_DIR"] = str(cache_dir)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "serve", "--http-port", "0", "--no-grpc", *args],
             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, text=True,
@@ -40,7 +42,7 @@ class Served:
             self.lines.put(line)
 
     def _wait_serving(self) -> int:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             try:
                 line = self.lines.get(timeout=0.2)
@@ -70,8 +72,8 @@ class Served:
 def serve() -> Any:
     started: list[Served] = []
 
-    def make(*args: str) -> Served:
-        s = Served(list(args))
+    def make(*args: str, cache_dir: Path | None = None) -> Served:
+        s = Served(list(args), cache_dir)
         started.append(s)
         return s
 
@@ -80,19 +82,29 @@ def serve() -> Any:
         s.kill()
 
 
-def test_offline_default_serves_health_models_metrics_and_explains_generation(serve: Any) -> None:
-    s = serve()
-    with httpx.Client(base_url=s.base, timeout=10) as http:
+def test_offline_default_serves_the_tiny_stand_in_end_to_end(serve: Any, tmp_path: Path) -> None:
+    s = serve(cache_dir=tmp_path)
+    with httpx.Client(base_url=s.base, timeout=30) as http:
         assert http.get("/healthz").status_code == 200
         assert http.get("/readyz").status_code == 200
-        assert http.get("/v1/models").json() == {"object": "list", "data": []}
+        assert [m["id"] for m in http.get("/v1/models").json()["data"]] == ["tiny-llama"]
         assert "promptwire_in_flight" in http.get("/metrics").text
-        r = http.post("/v1/chat/completions", json={"model": "m", "messages": MSG})
-    assert r.status_code == 503
-    err = r.json()["error"]
-    assert err["code"] == "no_backend" and "--upstream" in err["message"] and "--model" in err["message"]
+        r = http.post("/v1/chat/completions", json={"model": "tiny-llama", "messages": MSG, "max_tokens": 5})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["usage"]["completion_tokens"] >= 1 and body["choices"][0]["finish_reason"] in ("stop", "length")
+    assert any("STAND-IN" in line and "--model" in line for line in s.log), "no stand-in warning at start"
     s.proc.send_signal(signal.SIGTERM)
     assert s.proc.wait(10) == 0
+
+
+def test_upstream_flag_replaces_the_stand_in(serve: Any, make_upstream: Any) -> None:
+    up = make_upstream()
+    s = serve("--upstream", up.url)
+    with httpx.Client(base_url=s.base, timeout=10) as http:
+        ids = [m["id"] for m in http.get("/v1/models").json()["data"]]
+    assert ids == ["test-model", "test-model-2"]
+    assert not any("STAND-IN" in line for line in s.log)
 
 
 def test_sigterm_turns_readiness_off_and_drains_in_flight(serve: Any, make_upstream: Any, tmp_path: Path) -> None:
