@@ -245,6 +245,9 @@ class Engine:
             raise SamplingParamError(
                 f"prompt of {longest} tokens leaves no room in the {self.max_context}-token context", "prompt"
             )
+        for ids in (prompt_ids, aux or ()):
+            if ids and (min(ids) < 0 or max(ids) >= self.vocab_size):
+                raise SamplingParamError(f"token ids must be in [0, {self.vocab_size})", "prompt")
         generator = None
         if not params.greedy:
             generator = torch.Generator(device=self.device)

@@ -300,6 +300,9 @@ def test_invalid_params_name_the_field(tiny_lm) -> None:
     with pytest.raises(SamplingParamError) as info:
         engine.submit([5] * engine.max_context, SamplingParams())
     assert info.value.param == "prompt"
+    with pytest.raises(SamplingParamError) as info:
+        engine.submit([5, engine.vocab_size], SamplingParams())
+    assert info.value.param == "prompt"
 
 
 def test_max_tokens_clamped_to_context(tiny_lm) -> None:
