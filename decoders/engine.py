@@ -556,6 +556,9 @@ class Engine:
 
     def _emit(self, req: _Request, delta: StreamDelta) -> None:
         req.chunks.append(delta.text)
+        self._notify(req, delta)
+
+    def _notify(self, req: _Request, delta: StreamDelta) -> None:
         if req.on_event is not None:
             try:
                 req.on_event(delta)
@@ -575,8 +578,13 @@ class Engine:
         if req.done.is_set():
             return
         usage = Usage(len(req.prompt_ids), len(req.tokens))
-        self._emit(req, StreamDelta(text, token_ids, lps, reason, usage, error))
-        stats = dict(req.processor.stats()) if req.processor is not None and reason != "error" else {}
+        req.chunks.append(text)
+        stats: dict[str, Any] = {}
+        if req.processor is not None and reason != "error":
+            try:
+                stats = dict(req.processor.stats())
+            except Exception:
+                logger.exception("processor %s stats failed", type(req.processor).__name__)
         req.result = GenerationResult(
             text="".join(req.chunks),
             token_ids=tuple(req.tokens),
@@ -587,5 +595,6 @@ class Engine:
             processor_stats=stats,
         )
         req.error = error
-        req.done.set()
+        req.done.set()  # before the final delta goes out, so a woken consumer finds the result ready
+        self._notify(req, StreamDelta(text, token_ids, lps, reason, usage, error))
 
