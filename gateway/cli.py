@@ -7,8 +7,10 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import Generator, Sequence
 from typing import Any
@@ -79,6 +81,9 @@ def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if os.environ.get(_WORKER_ENV):
+        # One of several worker processes: the kernel spreads connections over all of them.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     sock.listen(2048)
     sock.setblocking(False)
@@ -135,7 +140,8 @@ async def _serve(config: GatewayConfig) -> int:
         except ImportError as e:
             logger.warning("gRPC front end not available (%s); serving HTTP only", e)
         else:
-            grpc_handle = await start_grpc_server(gateway, sc.host, sc.grpc_port)
+            grpc_handle = await start_grpc_server(gateway, sc.host, sc.grpc_port,
+                                                  reuse_port=bool(os.environ.get(_WORKER_ENV)))
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -187,8 +193,38 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"promptwire: config error:\n{e}", file=sys.stderr)
         return 2
     configure_logging(config.server.log_level)
+    workers = args.workers if args.workers is not None else config.server.workers
+    if workers > 1 and not os.environ.get(_WORKER_ENV):
+        return _run_workers(args, config, workers)
     with _runner() as runner:
         return runner.run(_serve(config))
+
+
+_WORKER_ENV = "PROMPTWIRE_WORKER_OF"
+"""Set in worker processes started by ``serve --workers N`` (their ports are shared with SO_REUSEPORT)."""
+
+
+def _run_workers(args: argparse.Namespace, config: GatewayConfig, workers: int) -> int:
+    """Start ``workers`` serve processes on the same ports; forward SIGTERM/SIGINT; exit with the worst code."""
+    sc = config.server
+    if sc.http_port == 0 or sc.grpc_port == 0:
+        logger.error("--workers needs fixed ports (not 0): every worker binds the same ones")
+        return 2
+    argv = list(args.argv)
+    env = {**os.environ, _WORKER_ENV: str(os.getpid())}
+    procs = [subprocess.Popen([sys.executable, "-m", "gateway.cli", *argv], env=env) for _ in range(workers)]
+    logger.info("started %d worker processes on http port %d", workers, sc.http_port,
+                extra={"event": "workers", "pids": [p.pid for p in procs]})
+
+    def forward(signum: int, _frame: Any) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [p.wait() for p in procs]
+    return max(codes, key=abs)
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
@@ -222,6 +258,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, Any]:
     serve.add_argument("--model", action="append", metavar="PATH_OR_ID",
                        help="serve a local model in-process (needs the local provider)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--workers", type=int, metavar="N",
+                       help="serve with N processes sharing the ports (SO_REUSEPORT); default from config: 1. "
+                            "Each loads its own local models, so use it for proxying")
     serve.set_defaults(func=_cmd_serve)
 
     config = sub.add_parser("config", help="configuration tools")
@@ -242,6 +281,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser, _sub = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what --workers re-runs in each worker
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help()

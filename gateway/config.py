@@ -50,6 +50,9 @@ class ServerConfig(_Strict):
     http_port: int = Field(default=8080, ge=0, le=65535)
     grpc_port: int | None = Field(default=50051, ge=0, le=65535)
     """None disables the gRPC front end; 0 picks a free port."""
+    workers: int = Field(default=1, ge=1, le=64)
+    """Processes sharing the ports (SO_REUSEPORT). The gateway is CPU-bound per request: a second
+    process on a second core halves queueing under load. Each loads its own local models."""
     shutdown_grace_s: float = Field(default=20.0, ge=0)
     """After SIGTERM: readiness goes false, in-flight requests get this long to finish."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -306,6 +306,7 @@ async def start_grpc_server(
     compress: CompressHandler | None = None,
     health_interval_s: float | None = 5.0,
     max_message_bytes: int | None = None,
+    reuse_port: bool = False,
     **_: Any,
 ) -> GrpcHandle:
     """Serve promptwire.v1.Gateway, grpc.health.v1.Health and reflection on host:port (0: a free port).
@@ -314,6 +315,8 @@ async def start_grpc_server(
     CompressResponse out); without it Compress answers UNIMPLEMENTED. Health starts SERVING and, with
     `health_interval_s`, follows ``gateway.ready()`` at that period until `set_not_serving()`.
     `max_message_bytes` caps request messages (default: the config's ``limits.max_body_bytes``).
+    `reuse_port` lets several worker processes share the port (``serve --workers N``); off by default so
+    that a second gateway started by mistake fails to bind instead of silently taking half the traffic.
     Unknown keyword options are ignored so callers can pass the server config through.
     """
     if max_message_bytes is None:
@@ -321,7 +324,7 @@ async def start_grpc_server(
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max(max_message_bytes, 16 * 1024 * 1024)),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
     server = grpc.aio.server(options=options)
     gateway_pb2_grpc.add_GatewayServicer_to_server(_Servicer(gateway, compress), server)  # type: ignore[no-untyped-call]
