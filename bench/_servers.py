@@ -160,8 +160,8 @@ def start_upstream(workdir: Path, latency_ms: float, chunk_gap_ms: float) -> Ser
     return server
 
 
-def start_promptwire(workdir: Path, upstream: Server, timeout_s: float = 60) -> Server:
-    """`promptwire serve --upstream URL` from bench/.venv (the console script next to this Python)."""
+def start_promptwire(workdir: Path, upstream: Server, timeout_s: float = 60, workers: int = 1) -> Server:
+    """`promptwire serve --upstream URL [--workers N]` from bench/.venv (the console script next to this Python)."""
     exe = Path(sys.executable).parent / "promptwire"
     cmd = [
         str(exe) if exe.exists() else "promptwire",
@@ -173,9 +173,11 @@ def start_promptwire(workdir: Path, upstream: Server, timeout_s: float = 60) -> 
         "--http-port",
         str(port := free_port()),
         "--grpc-port",
-        "0",
+        str(free_port()) if workers > 1 else "0",  # workers share fixed ports
         "--log-level",
         "warning",
+        "--workers",
+        str(workers),
     ]
     env = dict(os.environ)
     log_path = workdir / "promptwire.log"
@@ -208,8 +210,8 @@ general_settings:
 """
 
 
-def start_litellm(workdir: Path, upstream: Server, timeout_s: float = 120) -> Server:
-    """LiteLLM's proxy from its own venv: one worker, no DB, no telemetry, errors-only logging."""
+def start_litellm(workdir: Path, upstream: Server, timeout_s: float = 120, workers: int = 1) -> Server:
+    """LiteLLM's proxy from its own venv: `workers` workers, no DB, no telemetry, errors-only logging."""
     exe = BENCH / ".venv-litellm" / "bin" / "litellm"
     if not exe.exists():
         raise FileNotFoundError(f"{exe} is missing: run `bash bench/setup_env.sh` first")
@@ -218,7 +220,7 @@ def start_litellm(workdir: Path, upstream: Server, timeout_s: float = 120) -> Se
     cfg = workdir / "litellm.yaml"
     cfg.write_text(litellm_config(upstream, master_key))
     port = free_port()
-    cmd = [str(exe), "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"]
+    cmd = [str(exe), "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port), "--num_workers", str(workers)]
     env = {
         **os.environ,
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # no download of the price list at start

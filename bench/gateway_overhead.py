@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -311,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latency-ms", type=float, default=20.0, help="upstream time to reply / first token")
     ap.add_argument("--chunk-gap-ms", type=float, default=2.0, help="upstream gap between stream chunks")
     ap.add_argument("--targets", default="promptwire,litellm", help="proxies to compare with direct")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="processes per proxy (promptwire --workers, LiteLLM --num_workers); default 1")
     ap.add_argument("--out", type=Path, default=OUT, help="folder for the JSON and PNG")
     ap.add_argument(
         "--nice",
@@ -348,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         upstream = start_upstream(work, args.latency_ms, args.chunk_gap_ms)
         servers.append(upstream)
-        starters = {"promptwire": start_promptwire, "litellm": start_litellm}
+        starters = {"promptwire": functools.partial(start_promptwire, workers=args.workers),
+                    "litellm": functools.partial(start_litellm, workers=args.workers)}
         live: dict[str, Server] = {"direct": upstream}
         for name in proxies:
             try:
