@@ -13,7 +13,9 @@ from gateway.config import ConfigError, load_config, parse_config
 
 def test_embedded_default_is_offline_and_valid() -> None:
     cfg = load_config(None, env={})
-    assert cfg.backends == {} and cfg.server.host == "127.0.0.1"
+    assert cfg.server.host == "127.0.0.1"
+    # offline: the only backend is the locally built stand-in, nothing to download
+    assert {name: (b.type, b.model_path) for name, b in cfg.backends.items()} == {"tiny": ("local", "tiny:llama")}
 
 
 @pytest.mark.parametrize(
