@@ -140,8 +140,9 @@ async def _serve(config: GatewayConfig) -> int:
         except ImportError as e:
             logger.warning("gRPC front end not available (%s); serving HTTP only", e)
         else:
-            grpc_handle = await start_grpc_server(gateway, sc.host, sc.grpc_port,
-                                                  reuse_port=bool(os.environ.get(_WORKER_ENV)))
+            grpc_handle = await start_grpc_server(
+                gateway, sc.host, sc.grpc_port, reuse_port=bool(os.environ.get(_WORKER_ENV))
+            )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -234,15 +234,17 @@ class _Servicer(gateway_pb2_grpc.GatewayServicer):
         self, request: compress_pb2.CompressRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> compress_pb2.CompressResponse:
         async with _status(context, self._gateway.metrics):
-            self._key_id(context)
+            key = self._gateway.authenticate(_api_key(context))
             compress = self._compress
             if compress is None:
-                await context.abort(
-                    grpc.StatusCode.UNIMPLEMENTED,
-                    "Compress is not available on this server yet: no LLMLingua-2 compressor service is "
-                    "configured (it arrives with the compressor serving work; see docs/grpc.md)",
-                )
-                raise AssertionError("unreachable")  # pragma: no cover
+                if self._gateway.compress_api is None:
+                    await context.abort(
+                        grpc.StatusCode.UNIMPLEMENTED,
+                        "no compressor is configured on this server: set stages.compress.model to an exported "
+                        "LLMLingua-2 model, a checkpoint directory or a Hugging Face id (docs/compress-serving.md)",
+                    )
+                    raise AssertionError("unreachable")  # pragma: no cover
+                return await self._gateway.compress(key, lambda api: api.handle_proto(request))
             return await compress(request)
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -352,6 +352,25 @@ def create_app(gateway: Gateway, *, extra_routes: Sequence[BaseRoute] = (), vers
     async def openapi_json(request: Request) -> Response:
         return Response(openapi, media_type="application/json")
 
+    async def compress(request: Request) -> Response:
+        rid = _request_id(request.headers.get("x-request-id", "").encode("latin-1") or None)
+        request.scope["promptwire.request_id"] = rid
+        auth = request.headers.get("authorization")
+        token = request.headers.get("x-api-key")
+        if auth is not None:
+            scheme, _, rest = auth.partition(" ")
+            token = rest.strip() if scheme.lower() == "bearer" else None
+        key = gateway.authenticate(token)
+        body = await _read_body(request.receive, gateway.config.limits.max_body_bytes)
+        if body is None:
+            return Response(status_code=400)  # the client left mid-body: nobody reads this
+        try:
+            data = json.loads(body)
+        except ValueError as e:
+            raise InvalidRequest(f"the request body is not valid JSON: {e}") from None
+        result = await gateway.compress(key, lambda api: api.handle_json(data))
+        return JSONResponse(result, headers={"x-request-id": rid})
+
     async def on_error(request: Request, exc: Exception) -> Response:
         return _error_to_response(gateway, exc, request.scope.get("promptwire.request_id"))
 
@@ -364,6 +383,7 @@ def create_app(gateway: Gateway, *, extra_routes: Sequence[BaseRoute] = (), vers
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
+        Route("/v1/compress", compress, methods=["POST"]),
         *extra_routes,
     ]
     starlette = Starlette(

@@ -9,9 +9,9 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway.config import GatewayConfig, StageSpec
 from gateway.errors import (
@@ -33,6 +33,11 @@ from gateway.providers.base import Provider, ProviderFactory
 from gateway.stages.base import RESERVED_DECODERS, RESERVED_STAGES, Stage, StageFactory
 from gateway.tracing import Tracer
 from gateway.types import Completion, GatewayRequest, ModelInfo, StageStats, StreamChunk, Usage
+
+if TYPE_CHECKING:
+    from gateway.compress_api import CompressAPI
+
+T = TypeVar("T")
 
 __all__ = ["NO_BACKEND_MESSAGE", "ApiKey", "Gateway", "GatewayStream"]
 
@@ -117,6 +122,8 @@ class Gateway:
         self.tracer = Tracer(config.otel)
         self.metrics.in_flight.set_function(lambda: self._in_flight)  # read at scrape time: free per request
         self._log_prompts = config.server.log_prompts
+        self.compress_api: CompressAPI | None = None
+        """Serves POST /v1/compress and gRPC Compress; set at start when ``stages.compress`` is configured."""
 
     # ----- lifecycle -------------------------------------------------------------------------------
 
@@ -132,11 +139,18 @@ class Gateway:
                     f"(available: {', '.join(sorted(self._provider_factories)) or 'none'})"
                 )
             self._providers[name] = factory(name, bc, self.metrics)
-        used = {s.name for s in self.config.default_stages}
+        used = {s.name for s in self.config.default_stages} | set(self.config.stages)
         for route in self.config.models:
             used.update(s.name for s in route.stages or ())
         for name in sorted(used):
             self._stages[name] = self._build_stage(name)
+        compress = self._stages.get("compress")
+        if compress is not None:
+            from gateway.compress_api import CompressAPI
+            from gateway.stages.compress import CompressStage
+
+            if isinstance(compress, CompressStage):
+                self.compress_api = CompressAPI.from_stage(compress)
         for name, prov in self._providers.items():
             if self.config.backends[name].models is None:
                 try:
@@ -159,6 +173,11 @@ class Gateway:
         for prov in self._providers.values():
             await prov.aclose()
         self._providers.clear()
+        for stage in self._stages.values():
+            close = getattr(stage, "aclose", None)  # stages holding workers (compress's batcher)
+            if close is not None:
+                await close()
+        self._stages.clear()
 
     @property
     def shutting_down(self) -> bool:
@@ -211,6 +230,22 @@ class Gateway:
         if found is None:
             raise AuthenticationError("invalid API key")
         return found
+
+    async def compress(self, key: ApiKey | None, handle: Callable[[CompressAPI], Awaitable[T]]) -> T:
+        """Run a /v1/compress or gRPC Compress call under the same key permissions and in-flight limit."""
+        if self.compress_api is None:
+            raise NoBackend(
+                "no compressor is configured: set stages.compress.model to an exported LLMLingua-2 model, a "
+                "checkpoint directory or a Hugging Face id (see docs/compress-serving.md)",
+                code="no_compressor",
+            )
+        if key is not None and key.stages is not None and "compress" not in key.stages:
+            raise PermissionDenied(f"API key {key.id!r} may not use the compress stage", param="promptwire.compress")
+        self._admit()
+        try:
+            return await handle(self.compress_api)
+        finally:
+            self._release()
 
     def _admit(self) -> None:
         if self._shutting_down:

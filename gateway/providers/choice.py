@@ -69,6 +69,7 @@ def choice_fields(decoder: Mapping[str, Any], style: str | None, *, model: str, 
             f"the upstream for model {model!r} cannot constrain output to labels; configure "
             f"backends.{backend}.structured_choice: structured_outputs|guided_choice or use a local model",
             param=_P + "name",
+            code="decoder_not_available",
         )
     if style not in CHOICE_STYLES:
         # config validation should make this unreachable; a programming error, not the client's

@@ -48,6 +48,7 @@ def test_upstream_without_choice_support_is_a_clear_400(make_upstream: Any, make
         )
     body: Any = info.value.body
     assert body["param"] == "promptwire.decoder.name" and "structured_choice" in body["message"]
+    assert body["code"] == "decoder_not_available"
     assert not [r for r in up.requests if r.path.endswith("/chat/completions")]
 
 
