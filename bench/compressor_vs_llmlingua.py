@@ -251,6 +251,15 @@ def _compress(comp: Any, text: str) -> tuple[list[str], list[int]]:
 
 
 def _peak_rss_mb() -> float:
+    """This process's own peak RSS. Not ru_maxrss: Linux carries that over fork + exec, so a worker
+    spawned by a parent that once held a big model (the export) would report the parent's peak."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
@@ -458,7 +467,7 @@ def main() -> None:
     p.add_argument("--cold-runs", type=int, default=None, help="fresh subprocesses per system for cold start")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="intra-op threads for every system")
     p.add_argument("--ours-batch", type=int, default=0,
-                   help="windows per inference call for ours (compat max_batch_size; 0 = library default, 50)")
+                   help="windows per inference call for ours (compat max_batch_size; 0 = library default, 1)")
     p.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset (llmlingua is required)")
     p.add_argument("--plot-only", metavar="JSON", help="redraw the PNG from a saved result (needs matplotlib)")
     p.add_argument("--worker", nargs=2, metavar=("SYSTEM", "MODELS_JSON"), help=argparse.SUPPRESS)
