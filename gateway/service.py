@@ -471,6 +471,11 @@ class Gateway:
             m.child(m.tokens_out, req.model).inc(usage.completion_tokens)
         return completion, stats, overhead_ms
 
+    def _note_failover(self, req: GatewayRequest, route: _Route, prov: Provider, e: PromptwireError) -> None:
+        if len(route.providers) > 1:
+            logger.warning("request %s: backend %s failed (%s); failing over", req.request_id, prov.name, e.message)
+            self.metrics.child(self.metrics.upstream_retries, prov.name, "failover").inc()
+
     async def _call(self, req: GatewayRequest, route: _Route) -> Completion:
         last: PromptwireError | None = None
         for prov in route.providers:
@@ -480,10 +485,7 @@ class Gateway:
                 if not _failover_ok(e):
                     raise
                 last = e
-                if len(route.providers) > 1:
-                    logger.warning("request %s: backend %s failed (%s); failing over", req.request_id,
-                                   prov.name, e.message)
-                    self.metrics.child(self.metrics.upstream_retries, prov.name, "failover").inc()
+                self._note_failover(req, route, prov, e)
         assert last is not None
         raise last
 
@@ -526,10 +528,7 @@ class Gateway:
                 if not _failover_ok(e):
                     raise
                 last = e
-                if len(route.providers) > 1:
-                    logger.warning("request %s: backend %s failed (%s); failing over", req.request_id,
-                                   prov.name, e.message)
-                    self.metrics.child(self.metrics.upstream_retries, prov.name, "failover").inc()
+                self._note_failover(req, route, prov, e)
             except BaseException:
                 await _aclose(it)
                 raise
