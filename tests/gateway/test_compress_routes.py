@@ -7,12 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 
-from gateway.grpc_server import start_grpc_server
-from protos.promptwire.v1 import compress_pb2, gateway_pb2_grpc
+from protos.promptwire.v1 import compress_pb2
 from tests.compressors.test_serving_model import tiny_exported
+from tests.support.grpc_stub import serving_stub
 from tests.support.proxy import RunningProxy
 
 TEXT = ("The council met tonight to discuss the budget for the new library on Main Street. "
@@ -88,15 +87,11 @@ async def test_grpc_compress_matches_http(proxy: RunningProxy) -> None:
     gateway = proxy.gateway
 
     async def call() -> compress_pb2.CompressResponse:
-        handle = await start_grpc_server(gateway, "127.0.0.1", 0, health_interval_s=None)
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{handle.port}") as channel:
-                stub = gateway_pb2_grpc.GatewayStub(channel)  # type: ignore[no-untyped-call]
-                return await stub.Compress(
-                    compress_pb2.CompressRequest(text=TEXT, rate=0.5), metadata=[("authorization", f"Bearer {KEY}")]
-                )
-        finally:
-            await handle.stop(0)
+        async with serving_stub(gateway) as stub:
+            resp: compress_pb2.CompressResponse = await stub.Compress(
+                compress_pb2.CompressRequest(text=TEXT, rate=0.5), metadata=[("authorization", f"Bearer {KEY}")]
+            )
+            return resp
 
     resp = proxy.run(call(), timeout=60)
     assert resp.compressed_text == want["compressed_text"]

@@ -11,10 +11,8 @@ import pytest
 
 from decoders.processors import DECODERS
 from decoders.tiny import build_tiny_causal_lm
-from gateway.config import GatewayConfig
-from gateway.grpc_server import start_grpc_server
-from gateway.service import Gateway
-from protos.promptwire.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, options_pb2
+from protos.promptwire.v1 import common_pb2, gateway_pb2, options_pb2
+from tests.support.grpc_stub import grpc_stub
 
 pytestmark = pytest.mark.skipif("trie" not in DECODERS, reason="the trie decoder is not registered in DECODERS yet")
 
@@ -29,15 +27,8 @@ def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 async def stub(llama_dir: Path) -> AsyncIterator[Any]:
     raw = {"backends": {"local": {"type": "local", "model_path": str(llama_dir), "models": ["tiny-llama"]}}}
-    gw = Gateway(GatewayConfig.model_validate(raw))
-    await gw.start()
-    handle = await start_grpc_server(gw, "127.0.0.1", 0, health_interval_s=None)
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{handle.port}") as channel:
-            yield gateway_pb2_grpc.GatewayStub(channel)
-    finally:
-        await handle.stop(0)
-        await gw.aclose()
+    async with grpc_stub(raw) as s:
+        yield s
 
 
 def _request(decoder: options_pb2.DecoderOptions, seed: int) -> gateway_pb2.ChatRequest:

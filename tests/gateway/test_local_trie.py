@@ -15,10 +15,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from decoders.processors import DECODERS
 from decoders.tiny import build_tiny_causal_lm
-from gateway.config import GatewayConfig
-from gateway.grpc_server import start_grpc_server
-from gateway.service import Gateway
-from protos.promptwire.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, options_pb2
+from protos.promptwire.v1 import common_pb2, gateway_pb2, options_pb2
+from tests.support.grpc_stub import grpc_stub
 from tests.support.proxy import RunningProxy
 
 pytestmark = pytest.mark.skipif("trie" not in DECODERS, reason="the trie decoder is not registered in DECODERS yet")
@@ -181,15 +179,8 @@ def test_http_generation_yields_only_labels(proxy: RunningProxy) -> None:
 
 @pytest.fixture
 async def stub(llama_dir: Path) -> AsyncIterator[Any]:
-    gw = Gateway(GatewayConfig.model_validate(_config(llama_dir)))
-    await gw.start()
-    handle = await start_grpc_server(gw, "127.0.0.1", 0, health_interval_s=None)
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{handle.port}") as channel:
-            yield gateway_pb2_grpc.GatewayStub(channel)
-    finally:
-        await handle.stop(0)
-        await gw.aclose()
+    async with grpc_stub(_config(llama_dir)) as s:
+        yield s
 
 
 def _grpc_request(trie: options_pb2.TrieDecoder, seed: int = 0) -> gateway_pb2.ChatRequest:
