@@ -54,6 +54,7 @@ class _Conn(asyncio.Protocol):
         self.got_bytes = False
         self.exc: BaseException | None = None
         self.waiter: asyncio.Future[None] | None = None
+        self.keep_alive = False  # read in on_message_complete: httptools forgets it once the message ends
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -90,11 +91,12 @@ class _Conn(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        self.keep_alive = self.parser.should_keep_alive()
         self.done = True
         self._wake()
         if self.pool_on_end:  # the reader let go early (after [DONE]); now the connection is clean
             self.pool_on_end = False
-            if not self.closed and self.parser.should_keep_alive():
+            if not self.closed and self.keep_alive:
                 self.pool._put(self)
             else:
                 self.close()
@@ -143,10 +145,11 @@ class Response:
         self._conn = conn
         self._read_timeout = read_timeout
         self.status = conn.status
+        self._headers = conn.headers  # kept: the connection starts a fresh list when it goes back to the pool
         self._finished = False
 
     def header(self, name: bytes) -> str | None:
-        for k, v in self._conn.headers:
+        for k, v in self._headers:
             if k == name:
                 return v.decode("latin-1")
         return None
@@ -184,7 +187,7 @@ class Response:
             return
         self._finished = True
         conn = self._conn
-        if conn.done and not conn.closed and conn.exc is None and conn.parser.should_keep_alive():
+        if conn.done and not conn.closed and conn.exc is None and conn.keep_alive:
             self._conn.pool._put(conn)
         else:
             conn.close()

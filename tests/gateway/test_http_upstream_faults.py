@@ -133,6 +133,18 @@ def test_client_disconnect_before_response_closes_the_upstream(make_upstream: An
     assert _wait_for(lambda: proxy.gateway.in_flight == 0)
 
 
+def test_upstream_connections_are_kept_alive_and_reused(make_upstream: Any, make_proxy: Any) -> None:
+    up = make_upstream()
+    proxy = make_proxy(upstream_config(up.url))
+    with proxy.client() as client:
+        for _ in range(5):
+            assert client.chat.completions.create(model="test-model", messages=MSG).choices[0].message.content
+            assert list(client.chat.completions.create(model="test-model", messages=MSG, stream=True))
+    assert up.app.generation_requests == 10
+    # one request at a time: the one pooled connection carries all ten, whole and streamed alike
+    assert len(up.app.connections) == 1
+
+
 def test_upstream_closing_idle_keep_alive_connections(make_proxy: Any) -> None:
     from tests.support.upstream import UpstreamServer
 

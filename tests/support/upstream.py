@@ -84,11 +84,15 @@ class _App:
         self.disconnects = 0
         """Streams whose client went away before the stream ended."""
         self.generation_requests = 0
+        self.connections: set[tuple[str, int]] = set()
+        """Client (host, port) pairs seen: one per TCP connection the upstream was sent requests on."""
         self._seq = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
+        if scope.get("client"):
+            self.connections.add(tuple(scope["client"]))
         body = b""
         more = True
         while more:
