@@ -40,6 +40,7 @@ class _Conn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
+        self.holds_slot = False  # counts against the pool's max_connections from connect until it closes
         self.used = False
         self.reused = False
         self.pool_on_end = False
@@ -71,6 +72,7 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._free_slot()
         if not self.done:
             if not self.got_bytes and self.reused:
                 self._fail(StaleConnection("keep-alive connection closed by the upstream"))
@@ -136,6 +138,12 @@ class _Conn(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.close()
         self.closed = True
+        self._free_slot()
+
+    def _free_slot(self) -> None:
+        if self.holds_slot:
+            self.holds_slot = False
+            self.pool._slot_freed()
 
 
 class Response:
@@ -212,9 +220,13 @@ class Response:
 
 
 class HTTP1Pool:
-    """Keep-alive connections to one origin (scheme://host:port)."""
+    """Keep-alive connections to one origin (scheme://host:port): at most ``max_connections`` open at
+    once (in use and idle together); a request beyond that waits, first come first served, until one
+    is returned or closed."""
 
-    def __init__(self, base_url: str, *, max_idle: int = 512, connect_timeout: float = 5.0) -> None:
+    def __init__(self, base_url: str, *, max_connections: int = 512, connect_timeout: float = 5.0) -> None:
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, got {max_connections}")
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
@@ -224,44 +236,87 @@ class HTTP1Pool:
         default_port = (parts.scheme == "https" and self.port == 443) or (parts.scheme == "http" and self.port == 80)
         self.host_header = (self.host if default_port else f"{self.host}:{self.port}").encode("idna")
         self.path_prefix = parts.path.rstrip("/")
-        self.max_idle = max_idle
+        self.max_connections = max_connections
         self.connect_timeout = connect_timeout
         self.loop = asyncio.get_running_loop()
         self._idle: list[_Conn] = []
+        self._open = 0  # connections open or being opened
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._closed = False
 
+    @property
+    def open_connections(self) -> int:
+        return self._open
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a connection because ``max_connections`` are open."""
+        return sum(1 for w in self._waiters if not w.done())
+
     def _put(self, conn: _Conn) -> None:
-        if len(self._idle) < self.max_idle and not self._closed:
-            conn._reset()
-            self._idle.append(conn)
-        else:
+        if self._closed or conn.closed:
             conn.close()
+            return
+        conn._reset()
+        self._idle.append(conn)
+        self._wake_one()
+
+    def _slot_freed(self) -> None:
+        self._open -= 1
+        self._wake_one()
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            w = self._waiters.popleft()
+            if not w.done():
+                w.set_result(None)
+                return
+
+    async def _acquire(self) -> _Conn:
+        """An idle connection, else a new one while under the limit, else wait for either."""
+        while True:
+            while self._idle:
+                c = self._idle.pop()
+                if not c.closed:
+                    return c
+            if self._open < self.max_connections:
+                return await self._connect()
+            waiter = self.loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()  # we were handed a turn we cannot use: pass it on
+                raise
 
     async def _connect(self) -> _Conn:
+        self._open += 1  # the slot is taken while connecting, so a burst cannot overshoot the limit
+        conn: _Conn | None = None
         try:
             async with asyncio.timeout(self.connect_timeout):
-                _, proto = await self.loop.create_connection(
+                _, conn = await self.loop.create_connection(
                     lambda: _Conn(self), self.host, self.port, ssl=self.ssl
                 )
         except TimeoutError:
             raise ConnectError(f"connect timeout after {self.connect_timeout:g} s") from None
         except OSError as e:
             raise ConnectError(e.strerror or str(e)) from e
-        return proto
+        finally:
+            if conn is None:
+                self._slot_freed()
+        if conn.closed:  # lost before we got it: never counted, nothing to hand out
+            self._slot_freed()
+            raise ConnectError("the connection closed as soon as it was opened")
+        conn.holds_slot = True
+        return conn
 
     async def request(
         self, method: bytes, path: str, headers: list[tuple[bytes, bytes]], body: bytes,
         read_timeout: float | None,
     ) -> Response:
         """Send one request and wait for the status line and headers."""
-        conn = None
-        while self._idle:
-            c = self._idle.pop()
-            if not c.closed:
-                conn = c
-                break
-        if conn is None:
-            conn = await self._connect()
+        conn = await self._acquire()
         conn.reused = conn.used
         conn.used = True
         head = b"%s %s HTTP/1.1\r\nhost: %s\r\ncontent-length: %d\r\n" % (
@@ -283,6 +338,6 @@ class HTTP1Pool:
 
     def close(self) -> None:
         self._closed = True
-        for c in self._idle:
+        idle, self._idle = self._idle, []
+        for c in idle:
             c.close()
-        self._idle.clear()

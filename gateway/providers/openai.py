@@ -98,7 +98,7 @@ class OpenAIProvider:
     def _pool(self) -> HTTP1Pool:
         # created lazily: the pool belongs to the running loop
         if self._pool_ is None:
-            self._pool_ = HTTP1Pool(self.base_url, max_idle=self.config.max_connections,
+            self._pool_ = HTTP1Pool(self.base_url, max_connections=self.config.max_connections,
                                     connect_timeout=self.config.timeouts.connect_s)
         return self._pool_
 
