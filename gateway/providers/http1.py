@@ -31,6 +31,12 @@ class ReadTimeout(TimeoutError):
     """No bytes from the upstream for longer than the read timeout."""
 
 
+# Streaming flow control: stop reading from the upstream while this much is buffered and unread (a slow
+# client), go on below the low mark. Whole-body reads are not paused (they need the end of the body).
+_PAUSE_AT = 256 * 1024
+_RESUME_AT = 64 * 1024
+
+
 class _Conn(asyncio.Protocol):
     """One connection; one request at a time. The parser's callbacks fill the response state."""
 
@@ -44,12 +50,16 @@ class _Conn(asyncio.Protocol):
         self.used = False
         self.reused = False
         self.pool_on_end = False
+        self.paused = False
         self._reset()
 
     def _reset(self) -> None:
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.chunks: collections.deque[bytes] = collections.deque()
+        self.buffered = 0  # bytes in chunks
+        self.flow_control = False  # set by a streaming reader: pause the socket when it falls behind
+        self._resume()
         self.head_done = False
         self.done = False
         self.got_bytes = False
@@ -90,7 +100,30 @@ class _Conn(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         self.chunks.append(body)
+        self.buffered += len(body)
+        if self.flow_control and self.buffered > _PAUSE_AT and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
         self._wake()
+
+    def take(self) -> bytes:
+        """The oldest buffered body piece (the caller checked there is one); resumes a paused socket."""
+        chunk = self.chunks.popleft()
+        self.buffered -= len(chunk)
+        if self.paused and self.buffered < _RESUME_AT:
+            self._resume()
+        return chunk
+
+    def drop_buffered(self) -> None:
+        self.chunks.clear()
+        self.buffered = 0
+        self._resume()
+
+    def _resume(self) -> None:
+        if self.paused:
+            self.paused = False
+            if self.transport is not None and not self.closed:
+                self.transport.resume_reading()
 
     def on_message_complete(self) -> None:
         self.keep_alive = self.parser.should_keep_alive()
@@ -167,16 +200,17 @@ class Response:
         while not conn.done:
             await conn.wait(self._read_timeout)
         body = b"".join(conn.chunks)
-        conn.chunks.clear()
+        conn.drop_buffered()
         return body
 
     async def lines(self) -> AsyncIterator[bytes]:
         """The body split into lines (without the line break), as they arrive."""
         conn = self._conn
+        conn.flow_control = True
         buf = b""
         while True:
             while conn.chunks:
-                buf += conn.chunks.popleft()
+                buf += conn.take()
                 while True:
                     i = buf.find(b"\n")
                     if i < 0:
@@ -210,7 +244,8 @@ class Response:
             self.release()
             return
         self._finished = True
-        conn.chunks.clear()
+        conn.flow_control = False
+        conn.drop_buffered()  # also resumes reading: the terminating chunk must still come in
         conn.pool_on_end = True
 
     def close(self) -> None:

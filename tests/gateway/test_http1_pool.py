@@ -108,3 +108,53 @@ def test_backend_max_connections_bounds_the_proxy_upstream_connections(make_upst
     assert all(r.choices[0].message.content for r in results)
     assert up.app.generation_requests == 8
     assert len(up.app.connections) <= 2
+
+
+async def test_a_slow_stream_reader_pauses_the_upstream_socket() -> None:
+    """Backpressure: the upstream streams 8 MiB as fast as it can; the reader takes its time. The pool
+    must stop reading (pause the socket) instead of buffering everything, and lose nothing."""
+    from gateway.providers import http1
+
+    line = b"data: " + b"x" * 1017 + b"\n"  # 1 KiB per line
+    n_lines = 8192
+    sent_all = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(len(BODY))
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        for i in range(0, n_lines, 64):
+            piece = line * 64
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        sent_all.set()
+        await reader.read()  # keep-alive: wait for the client to go
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = HTTP1Pool(f"http://127.0.0.1:{port}/v1")
+    try:
+        resp = await pool.request(b"POST", "/chat/completions", HEADERS, BODY, 5.0)
+        conn = resp._conn
+        got = 0
+        peak = 0
+        async for ln in resp.lines():
+            got += 1
+            peak = max(peak, conn.buffered)
+            if got % 256 == 0:
+                await asyncio.sleep(0.01)  # a slow client
+                peak = max(peak, conn.buffered)
+            assert ln == line[:-1]
+        assert got == n_lines
+        # never much more than the pause mark buffered (plus what one socket read can add), not 8 MiB
+        assert http1._PAUSE_AT <= 256 * 1024
+        assert peak <= 768 * 1024, peak
+        assert sent_all.is_set()
+        resp.release()
+        assert pool.open_connections == 1 and len(pool._idle) == 1  # clean end: pooled, reading again
+        assert not pool._idle[0].paused
+    finally:
+        pool.close()
+        server.close()
