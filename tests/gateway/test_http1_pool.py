@@ -118,12 +118,14 @@ async def test_a_slow_stream_reader_pauses_the_upstream_socket() -> None:
     line = b"data: " + b"x" * 1017 + b"\n"  # 1 KiB per line
     n_lines = 8192
     sent_all = asyncio.Event()
+    writers: list[asyncio.StreamWriter] = []
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
         await reader.readuntil(b"\r\n\r\n")
         await reader.readexactly(len(BODY))
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
-        for i in range(0, n_lines, 64):
+        for _ in range(0, n_lines, 64):
             piece = line * 64
             writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
             await writer.drain()
@@ -131,6 +133,7 @@ async def test_a_slow_stream_reader_pauses_the_upstream_socket() -> None:
         await writer.drain()
         sent_all.set()
         await reader.read()  # keep-alive: wait for the client to go
+        writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -157,4 +160,8 @@ async def test_a_slow_stream_reader_pauses_the_upstream_socket() -> None:
         assert not pool._idle[0].paused
     finally:
         pool.close()
+        for w in writers:
+            w.close()
+            await w.wait_closed()
         server.close()
+        await server.wait_closed()
