@@ -62,6 +62,15 @@ class Metrics:
             "promptwire_upstream_retries", "Upstream attempts retried or failed over", ["backend", "reason"],
             registry=r,
         )
+        self.upstream_connections = Gauge(
+            "promptwire_upstream_connections", "Connections open to each openai backend (in use and idle)",
+            ["backend"], registry=r,
+        )
+        self.upstream_waiting = Gauge(
+            "promptwire_upstream_waiting",
+            "Requests waiting for a connection to each openai backend (max_connections reached)", ["backend"],
+            registry=r,
+        )
 
     def child(self, family: Any, *labels: str) -> Any:
         """``family.labels(*labels)``, cached: the lookup costs more than the update on the hot path."""

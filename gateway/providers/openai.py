@@ -94,6 +94,11 @@ class OpenAIProvider:
         self._pool_: HTTP1Pool | None = None
         self._ready_at = 0.0
         self._ready = False
+        if metrics is not None:  # read when /metrics is rendered
+            metrics.upstream_connections.labels(name).set_function(
+                lambda: self._pool_.open_connections if self._pool_ is not None else 0)
+            metrics.upstream_waiting.labels(name).set_function(
+                lambda: self._pool_.waiting if self._pool_ is not None else 0)
 
     def _pool(self) -> HTTP1Pool:
         # created lazily: the pool belongs to the running loop

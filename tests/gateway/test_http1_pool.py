@@ -108,6 +108,10 @@ def test_backend_max_connections_bounds_the_proxy_upstream_connections(make_upst
     assert all(r.choices[0].message.content for r in results)
     assert up.app.generation_requests == 8
     assert len(up.app.connections) <= 2
+    with proxy.http() as http:
+        text = http.get("/metrics").text
+    assert 'promptwire_upstream_connections{backend="up1"} 2.0' in text
+    assert 'promptwire_upstream_waiting{backend="up1"} 0.0' in text
 
 
 async def test_a_slow_stream_reader_pauses_the_upstream_socket() -> None:
