@@ -127,6 +127,16 @@ class BackendConfig(_Strict):
     max_connections: int = Field(default=512, gt=0)
     headers: Mapping[str, str] = Field(default_factory=dict)
     """Extra headers sent upstream with every request."""
+
+    @field_validator("headers")
+    @classmethod
+    def _header_text(cls, v: Mapping[str, str]) -> Mapping[str, str]:
+        for k, val in v.items():
+            if not k or not k.isascii() or not k.isprintable() or any(c in k for c in " :"):
+                raise ValueError(f"header name {k!r} is not a valid HTTP header name")
+            if not val.isprintable():
+                raise ValueError(f"header {k!r}: the value has control characters (CR, LF, ...)")
+        return v
     model_path: str | None = None
     """Type local: checkpoint directory or id."""
     structured_choice: Literal["structured_outputs", "guided_choice"] | None = None

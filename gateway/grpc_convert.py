@@ -233,7 +233,7 @@ def _request(
     # The RPC streams; ask the backend for the usage chunk so the last message has exact usage.
     params["stream_options"] = {"include_usage": True}
     return {
-        "request_id": msg.request_id or request_id,
+        "request_id": request_id,  # validated by the servicer (printable ASCII, <= 200)
         "kind": kind,
         "model": msg.model,
         "params": params,

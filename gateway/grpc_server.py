@@ -38,7 +38,6 @@ STATS_KEY = "x-promptwire-stats"
 OVERHEAD_KEY = "x-promptwire-overhead-ms"
 PARAM_KEY = "x-promptwire-error-param"
 CODE_KEY = "x-promptwire-error-code"
-_MAX_MODEL_LABELS = 1000
 
 
 def _api_key(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
@@ -102,7 +101,7 @@ async def _status(
     try:
         yield
     except PromptwireError as exc:
-        metrics.errors.labels(str(exc.http_status), str(exc.code)).inc()
+        metrics.errors.labels(str(exc.http_status), str(exc.code or exc.error_type)).inc()
         await _abort(context, exc, trailers(), decoder)
     except grpc.aio.AbortError:
         raise
@@ -125,7 +124,6 @@ class _Servicer(gateway_pb2_grpc.GatewayServicer):
     def __init__(self, gateway: Gateway, compress: CompressHandler | None) -> None:
         self._gateway = gateway
         self._compress = compress
-        self._model_labels: set[str] = set()
 
     def _key_id(self, context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
         key = self._gateway.authenticate(_api_key(context))
@@ -197,12 +195,8 @@ class _Servicer(gateway_pb2_grpc.GatewayServicer):
             self._count(request.model, kind, status)
 
     def _count(self, model: str, kind: str, status: int) -> None:
-        if model not in self._model_labels:
-            if len(self._model_labels) >= _MAX_MODEL_LABELS:
-                model = "other"  # model names come from clients: bound the label set
-            else:
-                self._model_labels.add(model)
-        self._gateway.metrics.requests.labels(model, kind, "true", str(status)).inc()
+        m = self._gateway.metrics
+        m.child(m.requests, m.model_label(model), kind, "true", str(status)).inc()
 
     def _request(
         self,
@@ -226,8 +220,8 @@ class _Servicer(gateway_pb2_grpc.GatewayServicer):
         self, request: gateway_pb2.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> gateway_pb2.ListModelsResponse:
         async with _status(context, self._gateway.metrics):
-            self._key_id(context)
-            return conv.model_list(await self._gateway.list_models())
+            key = self._gateway.authenticate(_api_key(context))
+            return conv.model_list(await self._gateway.list_models(key))
         raise AssertionError("unreachable")  # pragma: no cover - _status returns or raises
 
     async def Compress(

@@ -8,7 +8,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -21,7 +21,8 @@ from starlette.routing import BaseRoute, Route
 from gateway.errors import BodyTooLarge, InvalidRequest, Overloaded, PromptwireError, UpstreamStatusError
 from gateway.http_models import ChatCompletionRequest, CompletionRequest, openapi_document
 from gateway.metrics import CONTENT_TYPE
-from gateway.service import Gateway, GatewayStream
+from gateway.service import ApiKey, Gateway, GatewayStream
+from gateway.stages.base import RESERVED_STAGES
 from gateway.types import ChatMessage, GatewayRequest, RequestKind, StageStats
 
 __all__ = ["GatewayApp", "create_app", "error_response"]
@@ -34,10 +35,10 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 _CORE_KEYS = frozenset({"model", "messages", "prompt", "stream", "promptwire"})
+_STAGES = frozenset(RESERVED_STAGES)
 _SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
                 (b"x-accel-buffering", b"no")]
 _DONE = b"data: [DONE]\n\n"
-_MAX_MODEL_LABELS = 200
 
 
 def error_response(exc: PromptwireError, request_id: str | None = None) -> Response:
@@ -57,14 +58,27 @@ def _stats_header(stats: Sequence[StageStats]) -> bytes:
     return json.dumps([s.to_dict() for s in stats], separators=(",", ":")).encode()
 
 
-def _param_of(err: dict[str, Any]) -> str:
+def _param_of(err: Mapping[str, Any], data: Any) -> str:
+    """The failing field as OpenAI names it (``messages[0].content[1].text``): the error's location
+    walked through the request itself, so pydantic's union-branch tags (``list[ContentPart]``, ``str``)
+    that are not keys of the body are left out."""
     out = ""
-    for part in err.get("loc", ()):
+    node = data
+    loc = tuple(err.get("loc", ()))
+    for i, part in enumerate(loc):
         if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
+            if isinstance(node, list) and 0 <= part < len(node):
+                node = node[part]
+                out += f"[{part}]"
+        elif isinstance(node, dict) and (part in node or (i == len(loc) - 1 and err.get("type") == "missing")):
+            node = node.get(part)
+            out += ("." if out else "") + part
     return out
+
+
+def _error_code(exc: PromptwireError) -> str:
+    """The metrics label for an error: its OpenAI code, else its type."""
+    return str(exc.code or exc.error_type)
 
 
 _RID_PREFIX = uuid.uuid4().hex[:16]
@@ -88,7 +102,6 @@ class _Generate:
         self.gw = gateway
         self.kind: RequestKind = kind
         self.model_cls: type[BaseModel] = ChatCompletionRequest if kind == "chat" else CompletionRequest
-        self._model_labels: set[str] = set()
         self.access_log = gateway.config.server.access_log
 
     def _log(self, req: GatewayRequest, status: int, overhead_ms: float, stats: Sequence[StageStats],
@@ -131,6 +144,8 @@ class _Generate:
         if body is None:
             return  # client left before sending its whole body: nobody to answer
         req = self._parse(body, request_id, key.id if key is not None else None, t0)
+        scope["promptwire.model"] = req.model  # for the request counter if it fails before answering
+        scope["promptwire.stream"] = req.stream
 
         # Client gone (disconnect) -> cancel this task: the provider call is cancelled and its upstream
         # connection closed at once.
@@ -186,12 +201,13 @@ class _Generate:
             self.model_cls.model_validate(data)
         except ValidationError as e:
             err = e.errors()[0]
-            param = _param_of(dict(err))
+            param = _param_of(err, data)
             raise InvalidRequest(f"{param}: {err['msg']}" if param else err["msg"], param=param or None) from None
         params = {k: v for k, v in data.items() if k not in _CORE_KEYS}
         ext = data.get("promptwire") or {}
         decoder = ext.get("decoder")
-        stage_options = {k: v for k, v in ext.items() if k != "decoder" and v is not None}
+        # null means "the operator's default" for a stage; an unknown name is kept so it gets its 400
+        stage_options = {k: v for k, v in ext.items() if k != "decoder" and (v is not None or k not in _STAGES)}
         if self.kind == "chat":
             return GatewayRequest(
                 request_id, "chat", data["model"], tuple(ChatMessage.from_dict(m) for m in data["messages"]),
@@ -223,7 +239,7 @@ class _Generate:
                 # headers are gone: end the stream with an error event (and no [DONE]) so SDKs raise
                 status = e.http_status
                 logger.warning("request %s: stream failed after it started: %s", request_id, e.message)
-                self.gw.metrics.errors.labels(str(e.http_status), str(e.code)).inc()
+                self.gw.metrics.errors.labels(str(e.http_status), _error_code(e)).inc()
                 payload = json.dumps(e.to_openai(), separators=(",", ":")).encode()
                 await send({"type": "http.response.body", "body": b"data: " + payload + b"\n\n",
                             "more_body": False})
@@ -244,14 +260,8 @@ class _Generate:
                 self._log(stream.request, status, stream.overhead_ms, stream.stats, stream.request.received_at)
 
     def _count(self, model: str, stream: bool, status: int) -> None:
-        labels = self._model_labels
-        if model not in labels:
-            if len(labels) >= _MAX_MODEL_LABELS:
-                model = "other"  # model names come from clients: bound the label set
-            else:
-                labels.add(model)
         m = self.gw.metrics
-        m.child(m.requests, model, self.kind, "true" if stream else "false", str(status)).inc()
+        m.child(m.requests, m.model_label(model), self.kind, "true" if stream else "false", str(status)).inc()
 
 
 async def _watch_disconnect(receive: Receive, gone: asyncio.Event, task: asyncio.Task[Any]) -> None:
@@ -284,21 +294,22 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
 def _error_to_response(gateway: Gateway, exc: Exception, rid: str | None) -> Response:
     """The HTTP exception handler: any exception before the response started -> OpenAI error JSON."""
     if isinstance(exc, PromptwireError):
-        gateway.metrics.errors.labels(str(exc.http_status), str(exc.code)).inc()
+        gateway.metrics.errors.labels(str(exc.http_status), _error_code(exc)).inc()
         if exc.http_status >= 500:
             logger.warning("request %s: %s %s", rid, exc.http_status, exc.message)
         else:
             logger.info("request %s: %s %s", rid, exc.http_status, exc.message)
         return error_response(exc, rid)
+    rid_header = {"x-request-id": rid} if rid else {}
     if isinstance(exc, HTTPException):
         body = {"error": {"message": str(exc.detail), "type": "invalid_request_error", "param": None,
                           "code": "not_found" if exc.status_code == 404 else None}}
-        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+        return JSONResponse(body, status_code=exc.status_code, headers={**(exc.headers or {}), **rid_header})
     logger.error("request %s: unexpected error", rid, exc_info=exc)
     gateway.metrics.errors.labels("500", "internal_error").inc()
     body = {"error": {"message": "internal error in the gateway", "type": "server_error", "param": None,
                       "code": "internal_error"}}
-    return JSONResponse(body, status_code=500)
+    return JSONResponse(body, status_code=500, headers=rid_header)
 
 
 class GatewayApp:
@@ -320,7 +331,10 @@ class GatewayApp:
                     if scope.get("promptwire.started"):
                         raise  # too late for a status; the server closes the connection
                     rid = scope.get("promptwire.request_id")
-                    await _error_to_response(self.gateway, exc, rid)(scope, receive, send)
+                    response = _error_to_response(self.gateway, exc, rid)
+                    handler._count(scope.get("promptwire.model", "unknown"), scope.get("promptwire.stream", False),
+                                   response.status_code)
+                    await response(scope, receive, send)
                 return
         await self.starlette(scope, receive, send)
 
@@ -333,9 +347,22 @@ def create_app(gateway: Gateway, *, extra_routes: Sequence[BaseRoute] = (), vers
         "/v1/completions": _Generate(gateway, "completion"),
     }
 
+    def request_key(request: Request) -> ApiKey | None:
+        """Authenticate a Starlette-routed request (the hot routes read the headers themselves)."""
+        rid = _request_id(request.headers.get("x-request-id", "").encode("latin-1") or None)
+        request.scope["promptwire.request_id"] = rid
+        auth = request.headers.get("authorization")
+        token = request.headers.get("x-api-key")
+        if auth is not None:
+            scheme, _, rest = auth.partition(" ")
+            token = rest.strip() if scheme.lower() == "bearer" else None
+        return gateway.authenticate(token)
+
     async def models(request: Request) -> Response:
-        data = [m.to_openai() for m in await gateway.list_models()]
-        return JSONResponse({"object": "list", "data": data})
+        key = request_key(request)
+        data = [m.to_openai() for m in await gateway.list_models(key)]
+        return JSONResponse({"object": "list", "data": data},
+                            headers={"x-request-id": request.scope["promptwire.request_id"]})
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -353,14 +380,8 @@ def create_app(gateway: Gateway, *, extra_routes: Sequence[BaseRoute] = (), vers
         return Response(openapi, media_type="application/json")
 
     async def compress(request: Request) -> Response:
-        rid = _request_id(request.headers.get("x-request-id", "").encode("latin-1") or None)
-        request.scope["promptwire.request_id"] = rid
-        auth = request.headers.get("authorization")
-        token = request.headers.get("x-api-key")
-        if auth is not None:
-            scheme, _, rest = auth.partition(" ")
-            token = rest.strip() if scheme.lower() == "bearer" else None
-        key = gateway.authenticate(token)
+        key = request_key(request)
+        rid = request.scope["promptwire.request_id"]
         body = await _read_body(request.receive, gateway.config.limits.max_body_bytes)
         if body is None:
             return Response(status_code=400)  # the client left mid-body: nobody reads this
@@ -372,7 +393,10 @@ def create_app(gateway: Gateway, *, extra_routes: Sequence[BaseRoute] = (), vers
         return JSONResponse(result, headers={"x-request-id": rid})
 
     async def on_error(request: Request, exc: Exception) -> Response:
-        return _error_to_response(gateway, exc, request.scope.get("promptwire.request_id"))
+        rid = request.scope.get("promptwire.request_id")
+        if rid is None:
+            rid = _request_id(request.headers.get("x-request-id", "").encode("latin-1") or None)
+        return _error_to_response(gateway, exc, rid)
 
     routes: list[BaseRoute] = [
         # also routed here so other methods get a proper 405 (POST never reaches Starlette)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "ChatCompletionRequest",
@@ -19,14 +19,28 @@ __all__ = [
 
 
 class _Open(BaseModel):
-    """Unknown fields are kept and passed upstream verbatim (newer OpenAI parameters, vendor extras)."""
+    """Unknown fields are kept and passed upstream verbatim (newer OpenAI parameters, vendor extras).
+    Known fields are strict, as OpenAI is: "0.5" is not a temperature, "false" is not a boolean."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class ContentPart(_Open):
+    """One part of a multi-part message content (text, image_url, input_audio, ...)."""
+
+    type: str
+    text: str | None = None
+
+    @model_validator(mode="after")
+    def _text_part_has_text(self) -> ContentPart:
+        if self.type == "text" and self.text is None:
+            raise ValueError("a part of type 'text' needs a string 'text'")
+        return self
 
 
 class ChatMessageModel(_Open):
     role: str
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[ContentPart] | None = None
 
 
 class StreamOptions(_Open):
@@ -193,6 +207,14 @@ def openapi_document(version: str) -> dict[str, Any]:
             "/healthz": {"get": {"summary": "Liveness", "responses": plain}},
             "/readyz": {"get": {"summary": "Readiness (503 when not ready or shutting down)", "responses": plain}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}},
+            "/openapi.json": {"get": {"summary": "This document", "responses": plain}},
+            "/v1/compress": {"post": {
+                "summary": "Compress a prompt with the configured compressor, without generating "
+                           "(request and response fields: docs/compress-serving.md)",
+                "requestBody": {"required": True,
+                                "content": {"application/json": {"schema": {"type": "object"}}}},
+                "responses": {**plain, **{c: errors[c] for c in ("400", "401", "403", "413", "429", "503")}},
+            }},
         },
         "components": {"schemas": _schema_refs([
             ChatCompletionRequest, CompletionRequest, ChatCompletion, TextCompletion, ModelList, ErrorResponse,

@@ -15,6 +15,9 @@ _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
+MAX_MODEL_LABELS = 200
+
+
 class Metrics:
     """The gateway's metric families; label children used on the hot path are bound lazily."""
 
@@ -22,6 +25,7 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._models: set[str] = set()
         self.requests = Counter(
             "promptwire_requests", "Generation requests finished", ["model", "kind", "stream", "code"],
             registry=r,
@@ -71,6 +75,16 @@ class Metrics:
             "Requests waiting for a connection to each openai backend (max_connections reached)", ["backend"],
             registry=r,
         )
+
+    def model_label(self, model: str) -> str:
+        """The ``model`` label value: model names come from clients, so after MAX_MODEL_LABELS distinct
+        names every new one is counted as ``other`` (one bound shared by every family)."""
+        if model in self._models:
+            return model
+        if len(self._models) >= MAX_MODEL_LABELS:
+            return "other"
+        self._models.add(model)
+        return model
 
     def child(self, family: Any, *labels: str) -> Any:
         """``family.labels(*labels)``, cached: the lookup costs more than the update on the hot path."""

@@ -7,6 +7,7 @@ import dataclasses
 import fnmatch
 import hashlib
 import hmac
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -18,6 +19,7 @@ from gateway.errors import (
     AuthenticationError,
     InvalidRequest,
     NoBackend,
+    NotFound,
     OptionNotAllowed,
     Overloaded,
     PermissionDenied,
@@ -30,7 +32,7 @@ from gateway.errors import (
 )
 from gateway.metrics import Metrics
 from gateway.providers.base import Provider, ProviderFactory
-from gateway.stages.base import RESERVED_DECODERS, RESERVED_STAGES, Stage, StageFactory
+from gateway.stages.base import IMPLEMENTED_DECODERS, RESERVED_DECODERS, RESERVED_STAGES, Stage, StageFactory
 from gateway.tracing import Tracer
 from gateway.types import Completion, GatewayRequest, ModelInfo, StageStats, StreamChunk, Usage
 
@@ -288,11 +290,21 @@ class Gateway:
         if not names:
             default = self.config.default_backend_name()
             assert default is not None  # providers non-empty implies a backend
+            if self.config.backends[default].type == "local":
+                # an upstream server answers for its own models; a local backend serves a fixed list
+                raise NotFound(f"the model {model!r} does not exist (served here: "
+                               f"{', '.join(self._served_names()) or 'none'})", param="model")
             names = [default]
         route = _Route(tuple(self._providers[n] for n in names), upstream_model, specs)
         if len(self._routes) < 10_000:  # bounded: model names come from clients
             self._routes[model] = route
         return route
+
+    def _served_names(self) -> list[str]:
+        names = {m for ms in self._discovered.values() for m in ms}
+        names.update(m for bc in self.config.backends.values() for m in (bc.models or ()))
+        names.update(r.match for r in self.config.models if not any(c in r.match for c in "*?["))
+        return sorted(names)[:20]
 
     def _plan(self, req: GatewayRequest, route: _Route, key: ApiKey | None) -> _Plan:
         """The stages to run, with validated options, for this request."""
@@ -368,10 +380,18 @@ class Gateway:
                 f"promptwire.decoder.name must be one of {', '.join(RESERVED_DECODERS)}, got {name!r}",
                 param="promptwire.decoder.name",
             )
+        if name not in IMPLEMENTED_DECODERS:
+            raise InvalidRequest(
+                f"decoder {name!r} is reserved but not available in this version of promptwire "
+                f"(available: {', '.join(sorted(IMPLEMENTED_DECODERS))})",
+                param="promptwire.decoder.name",
+                code="decoder_not_available",
+            )
         if not all(name in p.decoders for p in route.providers):
             raise InvalidRequest(
-                f"decoder {name!r} is not available for model {req.model!r}: decoders run only on a "
-                "backend that supports them (the local provider), which this model is not served by",
+                f"decoder {name!r} is not available for model {req.model!r}: its backend cannot run it "
+                "(the local provider runs every decoder; an openai backend runs 'trie' when "
+                "structured_choice is configured)",
                 param="promptwire.decoder.name",
                 code="decoder_not_available",
             )
@@ -381,15 +401,19 @@ class Gateway:
         if lim.max_prompt_chars is None and lim.max_prompt_tokens is None:
             return
         text = req.prompt_text()
-        if lim.max_prompt_chars is not None and len(text) > lim.max_prompt_chars:
+        tools = req.params.get("tools")
+        if tools:  # tool definitions are prompt too (the upstream renders them into it)
+            text += "\n" + json.dumps(tools, ensure_ascii=False, separators=(",", ":"))
+        ids = req.prompt_token_ids()  # completion prompts given as token ids: each is at least a character
+        if lim.max_prompt_chars is not None and len(text) + ids > lim.max_prompt_chars:
             raise PromptTooLarge(
-                f"prompt has {len(text)} characters, over the limit of {lim.max_prompt_chars}",
+                f"prompt has {len(text) + ids} characters, over the limit of {lim.max_prompt_chars}",
                 param="messages" if req.kind == "chat" else "prompt",
             )
         if lim.max_prompt_tokens is not None:
             from gateway.tokens import count_tokens
 
-            n = count_tokens(text)
+            n = ids + (count_tokens(text) if text else 0)
             if n > lim.max_prompt_tokens:
                 raise PromptTooLarge(
                     f"prompt has {n} tokens, over the limit of {lim.max_prompt_tokens}",
@@ -467,8 +491,8 @@ class Gateway:
         m.child(m.total_seconds, req.kind).observe(t3 - t0)
         usage = completion.usage
         if usage is not None:
-            m.child(m.tokens_in, req.model).inc(usage.prompt_tokens)
-            m.child(m.tokens_out, req.model).inc(usage.completion_tokens)
+            m.child(m.tokens_in, m.model_label(req.model)).inc(usage.prompt_tokens)
+            m.child(m.tokens_out, m.model_label(req.model)).inc(usage.completion_tokens)
         return completion, stats, overhead_ms
 
     def _note_failover(self, req: GatewayRequest, route: _Route, prov: Provider, e: PromptwireError) -> None:
@@ -509,7 +533,7 @@ class Gateway:
             raise
         overhead_ms = (t1 - t0) * 1000
         self.metrics.child(self.metrics.overhead_seconds, req.kind).observe(t1 - t0)
-        self.metrics.child(self.metrics.ttft_seconds, req.model).observe(time.perf_counter() - t0)
+        self.metrics.child(self.metrics.ttft_seconds, self.metrics.model_label(req.model)).observe(time.perf_counter() - t0)
         return GatewayStream(self, req, it, first, stats, overhead_ms, deadline, t0)
 
     async def _open_stream(
@@ -535,8 +559,15 @@ class Gateway:
         assert last is not None
         raise last
 
-    async def list_models(self) -> list[ModelInfo]:
-        """Models of every backend (cached a few seconds); a backend that fails is left out."""
+    async def list_models(self, key: ApiKey | None = None) -> list[ModelInfo]:
+        """Models of every backend (cached a few seconds); a backend that fails is left out. With a
+        key, only the models that key may use."""
+        models = await self._all_models()
+        if key is None:
+            return models
+        return [m for m in models if key.allows_model(m.id)]
+
+    async def _all_models(self) -> list[ModelInfo]:
         now = time.monotonic()
         if self._models_cache is not None and now - self._models_cache[0] < _MODELS_CACHE_S:
             return self._models_cache[1]
@@ -631,5 +662,5 @@ class GatewayStream:
             m = self._gw.metrics
             m.child(m.total_seconds, self.request.kind).observe(time.perf_counter() - self._t0)
             if self.usage is not None:
-                m.child(m.tokens_in, self.request.model).inc(self.usage.prompt_tokens)
-                m.child(m.tokens_out, self.request.model).inc(self.usage.completion_tokens)
+                m.child(m.tokens_in, m.model_label(self.request.model)).inc(self.usage.prompt_tokens)
+                m.child(m.tokens_out, m.model_label(self.request.model)).inc(self.usage.completion_tokens)

@@ -32,14 +32,19 @@ class ChatMessage:
     content: str | list[dict[str, Any]] | None
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Every other key of the OpenAI message object, passed through untouched."""
+    content_given: bool = True
+    """False when the client's message had no ``content`` key at all (an assistant turn with only
+    tool_calls): it is then left out upstream too, not sent as null."""
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ChatMessage:
         extra = {k: v for k, v in d.items() if k != "role" and k != "content"}
-        return cls(role=d["role"], content=d.get("content"), extra=extra)
+        return cls(role=d["role"], content=d.get("content"), extra=extra, content_given="content" in d)
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        out: dict[str, Any] = {"role": self.role}
+        if self.content is not None or self.content_given:
+            out["content"] = self.content
         if self.extra:
             out.update(self.extra)
         return out
@@ -50,7 +55,7 @@ class ChatMessage:
             return self.content
         if not self.content:
             return ""
-        return "".join(p.get("text", "") for p in self.content if p.get("type") == "text")
+        return "".join(t for p in self.content if p.get("type") == "text" and isinstance(t := p.get("text"), str))
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +93,15 @@ class GatewayRequest:
         if isinstance(self.prompt, list):
             return "\n".join(p for p in self.prompt if isinstance(p, str))
         return ""
+
+    def prompt_token_ids(self) -> int:
+        """How many token ids a completion prompt gives directly (``[1, 2]`` or ``[[1, 2], [3]]``)."""
+        p = self.prompt
+        if self.kind != "completion" or not isinstance(p, list) or not p:
+            return 0
+        if all(isinstance(t, int) for t in p):
+            return len(p)
+        return sum(len(x) for x in p if isinstance(x, list))
 
     def upstream_body(self) -> dict[str, Any]:
         """The OpenAI request body to send upstream (extension object removed)."""

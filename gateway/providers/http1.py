@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
+import time
 from collections.abc import AsyncIterator
 from typing import cast
 from urllib.parse import urlsplit
@@ -179,12 +180,21 @@ class _Conn(asyncio.Protocol):
             self.pool._slot_freed()
 
 
+def _cut(timeout: float | None, deadline: float | None) -> float | None:
+    """The read timeout, or less when the deadline comes first."""
+    if deadline is None:
+        return timeout
+    left = max(0.001, deadline - time.monotonic())
+    return left if timeout is None else min(timeout, left)
+
+
 class Response:
     """A response being read; ``close()`` drops the connection, ``release()`` returns it to the pool."""
 
-    def __init__(self, conn: _Conn, read_timeout: float | None) -> None:
+    def __init__(self, conn: _Conn, read_timeout: float | None, deadline: float | None = None) -> None:
         self._conn = conn
         self._read_timeout = read_timeout
+        self._deadline = deadline
         self.status = conn.status
         self._headers = conn.headers  # kept: the connection starts a fresh list when it goes back to the pool
         self._finished = False
@@ -195,10 +205,13 @@ class Response:
                 return v.decode("latin-1")
         return None
 
+    def _timeout(self) -> float | None:
+        return _cut(self._read_timeout, self._deadline)
+
     async def read(self) -> bytes:
         conn = self._conn
         while not conn.done:
-            await conn.wait(self._read_timeout)
+            await conn.wait(self._timeout())
         body = b"".join(conn.chunks)
         conn.drop_buffered()
         return body
@@ -221,7 +234,7 @@ class Response:
                 if buf:
                     yield buf
                 return
-            await conn.wait(self._read_timeout)
+            await conn.wait(self._timeout())
 
     def release(self) -> None:
         """Back to the pool when the response was read to its end and keep-alive holds; else close."""
@@ -348,9 +361,10 @@ class HTTP1Pool:
 
     async def request(
         self, method: bytes, path: str, headers: list[tuple[bytes, bytes]], body: bytes,
-        read_timeout: float | None,
+        read_timeout: float | None, deadline: float | None = None,
     ) -> Response:
-        """Send one request and wait for the status line and headers."""
+        """Send one request and wait for the status line and headers. Every wait for bytes is cut to
+        ``deadline`` (``time.monotonic()``), so a steady trickle cannot hold a request past it."""
         conn = await self._acquire()
         conn.reused = conn.used
         conn.used = True
@@ -365,11 +379,11 @@ class HTTP1Pool:
         try:
             conn.transport.write(b"".join(parts))
             while not conn.head_done:
-                await conn.wait(read_timeout)
+                await conn.wait(_cut(read_timeout, deadline))
         except BaseException:  # cancelled, timed out or broken: the connection cannot be reused
             conn.close()
             raise
-        return Response(conn, read_timeout)
+        return Response(conn, read_timeout, deadline)
 
     def close(self) -> None:
         self._closed = True

@@ -46,7 +46,9 @@ def upstream_errors(backend: str, url: str) -> Iterator[None]:
     except PromptwireError:
         raise
     except ConnectError as e:
-        raise UpstreamError(f"backend {backend!r}: cannot connect to {url}: {e}") from e
+        # the URL goes to the operator's log, not to clients (internal host names and ports)
+        logger.warning("backend %s: cannot connect to %s: %s", backend, url, e)
+        raise UpstreamError(f"backend {backend!r}: cannot connect to the upstream: {e}") from e
     except (ReadTimeout, TimeoutError) as e:
         raise RequestTimeout(f"backend {backend!r}: upstream timed out ({e or 'read timeout'})") from e
     except (ProtocolError, StaleConnection) as e:
@@ -129,7 +131,8 @@ class OpenAIProvider:
             payload = apply_choice(payload, req.decoder, self.config.structured_choice, model=req.model,
                                    backend=self.name)
         body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
-        headers = [*self._headers, (b"x-request-id", req.request_id.encode("latin-1", "replace"))]
+        rid = req.request_id if req.request_id.isprintable() else "invalid"  # never CR/LF into the head
+        headers = [*self._headers, (b"x-request-id", rid.encode("latin-1", "replace"))]
         r = self.config.retries
         pool = self._pool()
         attempt = 0
@@ -137,7 +140,7 @@ class OpenAIProvider:
             attempt += 1
             with upstream_errors(self.name, url):
                 try:
-                    resp = await pool.request(b"POST", path, headers, body, self._read_timeout(req))
+                    resp = await pool.request(b"POST", path, headers, body, self._read_timeout(req), req.deadline)
                 except StaleConnection:
                     attempt -= 1  # the upstream closed an idle connection: resend, not a real failure
                     continue

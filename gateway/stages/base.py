@@ -9,6 +9,7 @@ from gateway.errors import InvalidRequest
 from gateway.types import GatewayRequest, StageStats
 
 __all__ = [
+    "IMPLEMENTED_DECODERS",
     "RESERVED_DECODERS",
     "RESERVED_STAGES",
     "Stage",
@@ -19,6 +20,8 @@ __all__ = [
 RESERVED_STAGES: tuple[str, ...] = ("condense_history", "select_prompt", "conjugate", "compress")
 """Stage names the extension object accepts; those without an entry in STAGES are not built yet."""
 RESERVED_DECODERS: tuple[str, ...] = ("trie", "uscd", "decog")
+IMPLEMENTED_DECODERS: frozenset[str] = frozenset({"trie"})
+"""The reserved decoders this version can run (decoders.processors.DECODERS; a test keeps them equal)."""
 """Decoder names ``promptwire.decoder.name`` accepts."""
 
 

@@ -129,10 +129,10 @@ def test_requests() -> None:
             common_pb2.ChatMessage(role="system", content="be brief"),
             common_pb2.ChatMessage(role="tool", content="42", tool_call_id="call_1", name="calc"),
         ],
-        request_id="client-id",
+        request_id="abc\r\nauthorization: Bearer x",  # the servicer validates; conversion takes its id
     )
-    req = conv.chat_request(msg, request_id="generated", deadline=12.5, received_at=1.0)
-    assert req.request_id == "client-id" and req.deadline == 12.5 and req.stream
+    req = conv.chat_request(msg, request_id="checked-id", deadline=12.5, received_at=1.0)
+    assert req.request_id == "checked-id" and req.deadline == 12.5 and req.stream
     assert [m.to_dict() for m in req.messages] == [
         {"role": "system", "content": "be brief"},
         {"role": "tool", "content": "42", "name": "calc", "tool_call_id": "call_1"},

@@ -222,7 +222,7 @@ async def test_invalid_argument_names_the_parameter(serve: Any) -> None:
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "sampling.temperature" in (err.details() or "")
     assert s.gateway.metrics.registry.get_sample_value(
-        "promptwire_errors_total", {"status": "400", "code": "None"}
+        "promptwire_errors_total", {"status": "400", "code": "invalid_request_error"}
     ) == 1
     assert ("x-promptwire-error-param", "sampling.temperature") in tuple(err.trailing_metadata() or ())
     # a parameter the gateway core rejects is named by its gRPC field too

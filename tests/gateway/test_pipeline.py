@@ -154,3 +154,11 @@ def test_per_key_stages(make_upstream: Any, make_proxy: Any) -> None:
     with proxy.client(api_key="k2") as client:
         client.chat.completions.create(model="test-model", messages=HISTORY)
         assert len(up.requests[-1].body["messages"]) == 2
+
+
+def test_implemented_decoders_match_the_decoder_registry() -> None:
+    from decoders.processors import DECODERS
+    from gateway.stages.base import IMPLEMENTED_DECODERS, RESERVED_DECODERS
+
+    assert frozenset(DECODERS) == IMPLEMENTED_DECODERS
+    assert IMPLEMENTED_DECODERS <= set(RESERVED_DECODERS)
