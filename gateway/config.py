@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -127,6 +128,27 @@ class BackendConfig(_Strict):
     max_connections: int = Field(default=512, gt=0)
     headers: Mapping[str, str] = Field(default_factory=dict)
     """Extra headers sent upstream with every request."""
+    tls_ca_file: str | None = None
+    """PEM file of CA certificates to trust for an https base_url (a private CA), relative to the
+    working directory; checked at load. None: the system's trust store (or $SSL_CERT_FILE)."""
+    tls_verify: bool = True
+    """False: do not verify the upstream's certificate (https). Insecure; a warning is logged at start."""
+
+    @field_validator("tls_ca_file")
+    @classmethod
+    def _ca_file(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        p = Path(v).expanduser()
+        if not p.is_file():
+            raise ValueError(f"{v!r} does not exist" if not p.exists() else f"{v!r} is not a regular file")
+        try:
+            ssl.create_default_context().load_verify_locations(cafile=str(p))
+        except OSError as e:  # before ssl.SSLError: that is an OSError too
+            if isinstance(e, ssl.SSLError):
+                raise ValueError(f"{v!r} holds no usable PEM CA certificate ({e.reason or e})") from None
+            raise ValueError(f"cannot read {v!r}: {e.strerror or e}") from None
+        return str(p)
 
     @field_validator("headers")
     @classmethod
