@@ -332,6 +332,36 @@ def _token_logprobs(lp: Any, kind: str) -> list[gateway_pb2.TokenLogprob]:
     return out
 
 
+def _text(value: Any) -> str:
+    """A string field of a backend's chunk: absent → "", a non-string (a backend sending arguments as an
+    object) → its JSON, so nothing is lost."""
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
+def _function(f: Mapping[str, Any]) -> gateway_pb2.FunctionCallDelta:
+    return gateway_pb2.FunctionCallDelta(name=_text(f.get("name")), arguments=_text(f.get("arguments")))
+
+
+def _tool_calls(calls: Any) -> list[gateway_pb2.ToolCallDelta]:
+    """OpenAI ``delta.tool_calls`` fragments → messages (fields a fragment lacks stay empty)."""
+    out = []
+    for i, c in enumerate(calls if isinstance(calls, list) else ()):
+        if not isinstance(c, dict):
+            continue
+        f = c.get("function")
+        out.append(
+            gateway_pb2.ToolCallDelta(
+                index=int(c["index"]) if isinstance(c.get("index"), int) else i,
+                id=_text(c.get("id")),
+                type=_text(c.get("type")),
+                function=_function(f) if isinstance(f, dict) else None,
+            )
+        )
+    return out
+
+
 @dataclass(slots=True)
 class StreamState:
     """Turns OpenAI stream chunks into gRPC messages; remembers finish reasons and usage for the end."""
@@ -358,15 +388,33 @@ class StreamState:
             index = int(ch.get("index") or 0)
             if ch.get("finish_reason"):
                 self.finish_reasons[index] = str(ch["finish_reason"])
-            if self.kind == "chat":
-                delta = ch.get("delta") or {}
-                text = delta.get("content") or ""
-                role = delta.get("role") or ""
-            else:
-                text = ch.get("text") or ""
-                role = ""
             logprobs = _token_logprobs(ch.get("logprobs"), self.kind)
-            if text or role or logprobs:
+            if self.kind != "chat":
+                text = ch.get("text") or ""
+                if text or logprobs:
+                    deltas.append(gateway_pb2.ChoiceDelta(index=index, text=text, logprobs=logprobs))
+                continue
+            delta = ch.get("delta") or {}
+            text = delta.get("content") or ""
+            role = delta.get("role") or ""
+            refusal = _text(delta.get("refusal"))
+            calls = delta.get("tool_calls")
+            tool_calls = _tool_calls(calls) if calls else []
+            fcall = delta.get("function_call")
+            function_call = _function(fcall) if isinstance(fcall, dict) else None
+            if refusal or tool_calls or function_call is not None:
+                deltas.append(
+                    gateway_pb2.ChoiceDelta(
+                        index=index,
+                        text=text,
+                        role=role,
+                        logprobs=logprobs,
+                        refusal=refusal,
+                        tool_calls=tool_calls,
+                        function_call=function_call,
+                    )
+                )
+            elif text or role or logprobs:  # the common case: fewer fields to set
                 deltas.append(gateway_pb2.ChoiceDelta(index=index, text=text, role=role, logprobs=logprobs))
         return deltas
 

@@ -216,3 +216,33 @@ def test_label_scores_reach_the_last_message() -> None:
     assert got == [("billing", 0.75, -2.0), ("bug", 0.25, -3.1)]
     state.feed(StreamChunk({"choices": [], "promptwire": {"label_scores": {"a": 0.0}}}))
     assert [(s.label, s.probability) for s in state.final_fields()["label_scores"]] == [("a", 1.0)]
+
+
+def test_tool_call_refusal_and_function_call_deltas_are_kept() -> None:
+    state = conv.StreamState(kind="chat", request_id="r")
+    call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": ""}}
+    [d] = state.feed(StreamChunk({"choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": [call]}}]}))
+    assert d.role == "assistant" and len(d.tool_calls) == 1
+    tc = d.tool_calls[0]
+    assert (tc.index, tc.id, tc.type, tc.function.name, tc.function.arguments) == (0, "call_1", "function", "lookup", "")
+    # later fragments carry only the index and a piece of the arguments; a second call has index 1
+    pieces = [{"index": 0, "function": {"arguments": '{"q": '}}, {"index": 1, "id": "call_2", "type": "function",
+                                                                   "function": {"name": "other"}}]
+    [d] = state.feed(StreamChunk({"choices": [{"index": 0, "delta": {"tool_calls": pieces}}]}))
+    assert [(c.index, c.id, c.function.name, c.function.arguments) for c in d.tool_calls] == [
+        (0, "", "", '{"q": '), (1, "call_2", "other", "")]
+    # arguments a backend sends as an object survive as JSON text
+    [d] = state.feed(StreamChunk({"choices": [{"index": 0, "delta": {"tool_calls": [
+        {"index": 0, "function": {"arguments": {"q": 1}}}]}}]}))
+    assert d.tool_calls[0].function.arguments == '{"q":1}'
+    [d] = state.feed(StreamChunk({"choices": [{"index": 0, "delta": {"refusal": "I can't help with that."}}]}))
+    assert (d.refusal, d.text) == ("I can't help with that.", "")
+    [d] = state.feed(StreamChunk({"choices": [{"index": 0, "delta": {"function_call": {"name": "f", "arguments": "{}"}}}]}))
+    assert (d.function_call.name, d.function_call.arguments) == ("f", "{}")
+    # explicit nulls (OpenAI sends them) are no delta at all
+    empty = {"content": None, "refusal": None, "tool_calls": None, "function_call": None}
+    assert state.feed(StreamChunk({"choices": [{"index": 0, "delta": empty, "finish_reason": "tool_calls"}]})) == []
+    assert [(c.index, c.finish_reason) for c in state.final_fields()["choices"]] == [(0, "tool_calls")]
+    # a plain text delta has none of the new fields set
+    [d] = state.feed(StreamChunk({"choices": [{"index": 0, "delta": {"content": "hi"}}]}))
+    assert not d.tool_calls and not d.refusal and not d.HasField("function_call")
