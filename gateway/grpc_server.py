@@ -14,10 +14,11 @@ from typing import Any, NoReturn
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from gateway import grpc_convert as conv
 from gateway.errors import PromptwireError
+from gateway.logs import access_log, error_log
 from gateway.metrics import Metrics
 from gateway.service import Gateway, GatewayStream
 from gateway.types import GatewayRequest
@@ -38,6 +39,7 @@ STATS_KEY = "x-promptwire-stats"
 OVERHEAD_KEY = "x-promptwire-overhead-ms"
 PARAM_KEY = "x-promptwire-error-param"
 CODE_KEY = "x-promptwire-error-code"
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 
 
 def _api_key(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
@@ -90,25 +92,43 @@ async def _abort(
     raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
 
+@dataclasses.dataclass(slots=True)
+class _Call:
+    """What an RPC knows about itself so far, for its error status, trailers and log lines."""
+
+    request_id: str | None = None
+    stream: GatewayStream | None = None  # set once the first upstream chunk is in hand
+    decoder: str | None = None
+
+
 @asynccontextmanager
 async def _status(
-    context: grpc.aio.ServicerContext[Any, Any],
-    metrics: Metrics,
-    trailers: Callable[[], list[tuple[str, str]]] = list,
-    decoder: str | None = None,
+    context: grpc.aio.ServicerContext[Any, Any], metrics: Metrics, call: _Call | None = None
 ) -> AsyncIterator[None]:
-    """Every RPC body runs inside this: gateway errors and unexpected failures become statuses here."""
+    """Every RPC body runs inside this: gateway errors and unexpected failures become statuses (and
+    log lines, as over HTTP) here."""
     try:
         yield
     except PromptwireError as exc:
-        metrics.errors.labels(str(exc.http_status), str(exc.code or exc.error_type)).inc()
-        await _abort(context, exc, trailers(), decoder)
+        code = str(exc.code or exc.error_type)
+        metrics.errors.labels(str(exc.http_status), code).inc()
+        if call is None:  # ListModels, Compress: the id is only needed now
+            call = _Call(request_id=_request_id(context, ""))
+        elif call.request_id is None:
+            call.request_id = _request_id(context, "")
+        started = call.stream is not None
+        error_log(logger, "grpc", call.request_id, exc.http_status, code, exc.message, started)
+        await _abort(context, exc, _trailers(call.request_id, call.stream), call.decoder)
     except grpc.aio.AbortError:
         raise
     except Exception:
-        logger.exception("gRPC call from %s failed", _peer(context))
+        rid = call.request_id if call is not None else None
+        logger.exception(
+            "request %s: gRPC call from %s failed", rid, _peer(context), extra={"request_id": rid, "api": "grpc"}
+        )
         metrics.errors.labels("500", "internal_error").inc()
-        await context.abort(grpc.StatusCode.INTERNAL, "internal error in the gateway", trailing_metadata=())
+        trailers = () if rid is None else (("x-request-id", rid),)
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error in the gateway", trailing_metadata=trailers)
 
 
 def _peer(context: grpc.aio.ServicerContext[Any, Any]) -> str:
@@ -124,6 +144,7 @@ class _Servicer(gateway_pb2_grpc.GatewayServicer):
     def __init__(self, gateway: Gateway, compress: CompressHandler | None) -> None:
         self._gateway = gateway
         self._compress = compress
+        self._access_log = gateway.config.server.access_log
 
     def _key_id(self, context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
         key = self._gateway.authenticate(_api_key(context))
@@ -149,20 +170,16 @@ class _Servicer(gateway_pb2_grpc.GatewayServicer):
         # gone, deadline) lands in this frame and the `finally` closes the upstream request at once.
         received = time.perf_counter()
         kind = "chat" if isinstance(request, gateway_pb2.ChatRequest) else "completion"
-        request_id: str | None = None
+        call = _Call()
         stream: GatewayStream | None = None
-        status = 499  # what the request counts as if it is cancelled (client gone / deadline)
+        status = 0  # set on every way out; 0 only while running, or if cancelled (client gone / deadline)
         try:
-            decoder = request.decoder.WhichOneof("decoder") if request.HasField("decoder") else None
-
-            def trailers() -> list[tuple[str, str]]:  # reads request_id and stream as they are then
-                return _trailers(request_id, stream)
-
-            async with _status(context, self._gateway.metrics, trailers, decoder):
+            call.decoder = request.decoder.WhichOneof("decoder") if request.HasField("decoder") else None
+            async with _status(context, self._gateway.metrics, call):
                 try:
-                    request_id = _request_id(context, request.request_id)
+                    call.request_id = request_id = _request_id(context, request.request_id)
                     req = self._request(request, context, request_id, received)
-                    stream = await self._gateway.generate_stream(req)
+                    call.stream = stream = await self._gateway.generate_stream(req)
                     await context.send_initial_metadata((("x-request-id", request_id),))
                     state = conv.StreamState(kind=req.kind, request_id=request_id)
                     async for chunk in stream:
@@ -177,11 +194,7 @@ class _Servicer(gateway_pb2_grpc.GatewayServicer):
                     context.set_trailing_metadata(tuple(_trailers(None, stream)))
                     status = 200
                 except PromptwireError as exc:
-                    status = exc.http_status
-                    if stream is not None:
-                        logger.warning(
-                            "request %s: stream failed after it started: %s", request_id, exc.message
-                        )
+                    status = exc.http_status  # _status logs and counts it
                     raise
                 except grpc.aio.AbortError:
                     raise
@@ -191,8 +204,29 @@ class _Servicer(gateway_pb2_grpc.GatewayServicer):
                 finally:
                     if stream is not None:
                         await stream.aclose()
+        except asyncio.CancelledError:
+            if not status:  # not already answered with an error (a timeout racing the deadline)
+                status = self._cancelled(context, call)
+            raise
         finally:
-            self._count(request.model, kind, status)
+            self._count(request.model, kind, status or 499)
+            if self._access_log:
+                access_log(
+                    logger, "grpc", call.request_id or "", request.model, kind, True, status or 499, received,
+                    stream.overhead_ms if stream is not None else 0.0, stream.stats if stream is not None else (),
+                )
+
+    def _cancelled(self, context: grpc.aio.ServicerContext[Any, Any], call: _Call) -> int:
+        """The status of an RPC cancelled by grpc: 504 when its deadline passed, else 499 (client gone)."""
+        remaining = context.time_remaining()
+        started = "mid-stream" if call.stream is not None else "before the response"
+        rid = call.request_id
+        if remaining is not None and remaining <= 0:
+            self._gateway.metrics.errors.labels("504", "timeout").inc()
+            error_log(logger, "grpc", rid, 504, "timeout", f"the gRPC deadline passed {started}")
+            return 504
+        logger.info("request %s: client cancelled %s", rid, started, extra={"request_id": rid, "api": "grpc"})
+        return 499
 
     def _count(self, model: str, kind: str, status: int) -> None:
         m = self._gateway.metrics
@@ -294,6 +328,25 @@ class GrpcHandle:
         await self.server.stop(grace)
 
 
+def _enable_reflection(server: grpc.aio.Server, names: tuple[str, ...]) -> None:
+    """Server reflection as ``grpc.reflection.v1alpha`` and ``grpc.reflection.v1``.
+
+    The installed grpcio-reflection ships only the v1alpha service. The v1 protocol has the same
+    messages with the same field numbers (only the package differs), so the v1alpha servicer answers
+    v1 calls byte for byte when registered under the v1 name too (grpcurl and current clients try v1
+    first)."""
+    servicer = reflection.aio.ReflectionServicer(names)
+    v1alpha = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"].full_name
+    for service in (v1alpha, REFLECTION_V1):
+        handler = grpc.stream_stream_rpc_method_handler(
+            servicer.ServerReflectionInfo,
+            request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+            response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+        )
+        generic = grpc.method_handlers_generic_handler(service, {"ServerReflectionInfo": handler})
+        server.add_generic_rpc_handlers((generic,))
+
+
 async def start_grpc_server(
     gateway: Gateway,
     host: str,
@@ -327,7 +380,7 @@ async def start_grpc_server(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
-    reflection.enable_server_reflection((SERVICE_NAME, health_name, reflection.SERVICE_NAME), server)
+    _enable_reflection(server, (SERVICE_NAME, health_name, REFLECTION_V1, reflection.SERVICE_NAME))
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"the gRPC server could not bind {host}:{port}")
