@@ -12,11 +12,22 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Generator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from gateway.config import ConfigError, GatewayConfig, load_raw, validate_config
+from gateway.config import (
+    EMBEDDED_SOURCE,
+    ConfigError,
+    GatewayConfig,
+    Origins,
+    apply_env,
+    default_config_text,
+    load_raw,
+    parse_raw,
+    validate_config,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -33,36 +44,58 @@ def _upstream_url(url: str) -> str:
     return url.rstrip("/")
 
 
-def _serve_config(args: argparse.Namespace) -> GatewayConfig:
-    raw, source = load_raw(args.config)
+_UPSTREAM_KEY_DEFAULT_ENV = "OPENAI_API_KEY"
+"""Read for ``--upstream`` backends that have no key configured (and no --upstream-key-env)."""
+
+
+def _serve_config(args: argparse.Namespace, env: dict[str, str] | None = None) -> tuple[GatewayConfig, str]:
+    """The config ``serve`` runs with: the file (or embedded default), PROMPTWIRE_* overrides, then the
+    command line on top. Returns it and the name of its source (for messages)."""
+    env = dict(os.environ) if env is None else env
+    origins: Origins = {}
     if args.config is None and (args.upstream or args.model):
-        # The embedded default's stand-in model gives way to the backends named on the command line.
-        raw["backends"] = {}
+        # The embedded default's stand-in model gives way to the backends named on the command line;
+        # environment overrides still apply (to those backends too).
+        source = EMBEDDED_SOURCE
+        raw = parse_raw(default_config_text(), source)
+        raw.pop("backends", None)
         raw.pop("default_backend", None)
+        apply_env(raw, env, origins)
+    else:
+        raw, source = load_raw(args.config, env, origins)
     server = raw.setdefault("server", {})
+    if server is None:
+        server = raw["server"] = {}
     if not isinstance(server, dict):
         raise ConfigError(f"{source}: server: must be a mapping")
-    if args.host is not None:
-        server["host"] = args.host
-    if args.http_port is not None:
-        server["http_port"] = args.http_port
+    for opt, key, value in (
+        ("--host", "host", args.host),
+        ("--http-port", "http_port", args.http_port),
+        ("--grpc-port", "grpc_port", None if args.no_grpc else args.grpc_port),
+        ("--log-level", "log_level", args.log_level),
+    ):
+        if value is not None:
+            server[key] = value
+            origins[("server", key)] = f"command line {opt}"
     if args.no_grpc:
         server["grpc_port"] = None
-    elif args.grpc_port is not None:
-        server["grpc_port"] = args.grpc_port
-    if args.log_level is not None:
-        server["log_level"] = args.log_level
+        origins[("server", "grpc_port")] = "command line --no-grpc"
+    if args.upstream_key_env is not None and not args.upstream:
+        raise ConfigError("--upstream-key-env goes with --upstream (the key for those backends)")
     if args.upstream:
-        backends = raw.get("backends") or {}
-        if not isinstance(backends, dict):
-            raise ConfigError(f"{source}: backends: must be a mapping")
+        backends = _cli_backends(raw, source)
         first = None
         for i, url in enumerate(args.upstream):
             name = "upstream" if i == 0 else f"upstream{i + 1}"
-            backends[name] = {"type": "openai", "base_url": _upstream_url(url)}
+            backend = _cli_backend(backends, name, source, origins)
+            backend["type"] = "openai"
+            backend["base_url"] = _upstream_url(url)
+            origins[("backends", name, "type")] = origins[("backends", name, "base_url")] = "command line --upstream"
+            _upstream_key(backend, name, args.upstream_key_env, env, origins)
             first = first or name
-        raw["backends"] = backends
-        raw.setdefault("default_backend", first)
+        if raw.get("default_backend") is None:
+            raw["default_backend"] = first
+            origins[("default_backend",)] = "command line --upstream"
     if args.model:
         from gateway.providers import PROVIDERS
 
@@ -71,10 +104,58 @@ def _serve_config(args: argparse.Namespace) -> GatewayConfig:
                 "--model needs the local provider, which this build of promptwire does not include yet; "
                 "serve an OpenAI-compatible upstream instead with --upstream http://HOST:PORT/v1"
             )
-        backends = raw.setdefault("backends", {})
+        backends = _cli_backends(raw, source)
         for i, path in enumerate(args.model):
-            backends[f"local{i + 1}" if i else "local"] = {"type": "local", "model_path": path}
-    return validate_config(raw, source if not (args.upstream or args.model) else f"{source} + command line")
+            name = f"local{i + 1}" if i else "local"
+            backend = _cli_backend(backends, name, source, origins)
+            backend["type"] = "local"
+            backend["model_path"] = path
+            origins[("backends", name, "type")] = origins[("backends", name, "model_path")] = "command line --model"
+    return validate_config(raw, source, origins), source
+
+
+def _cli_backends(raw: dict[str, Any], source: str) -> dict[str, Any]:
+    backends = raw.get("backends")
+    if backends is None:
+        backends = raw["backends"] = {}
+    if not isinstance(backends, dict):
+        raise ConfigError(f"{source}: backends: must be a mapping")
+    return backends
+
+
+def _cli_backend(backends: dict[str, Any], name: str, source: str, origins: Origins) -> dict[str, Any]:
+    """Backend ``name`` for a command-line option: settings from the file and environment are kept
+    (timeouts, keys, headers...), the option sets its type and address on top."""
+    backend = backends.get(name)
+    if backend is None:
+        backend = backends[name] = {}
+        origins.setdefault(("backends", name), "command line")
+    if not isinstance(backend, dict):
+        where = origins.get(("backends", name), source)
+        raise ConfigError(f"{where}: backends.{name}: must be a mapping (the command line adds to it)")
+    return backend
+
+
+def _upstream_key(backend: dict[str, Any], name: str, key_env: str | None, env: dict[str, str],
+                  origins: Origins) -> None:
+    """The upstream key of an ``--upstream`` backend: --upstream-key-env VAR (an empty VAR: none); else
+    what the config or environment set; else $OPENAI_API_KEY when set. The key itself is never logged."""
+    if key_env is not None:
+        if key_env == "":
+            backend.pop("api_key", None)
+            backend.pop("api_key_env", None)
+            return
+        if not env.get(key_env):
+            raise ConfigError(f"--upstream-key-env {key_env}: the environment variable {key_env} is not set")
+        backend.pop("api_key", None)
+        backend["api_key_env"] = key_env
+        origins[("backends", name, "api_key_env")] = "command line --upstream-key-env"
+        return
+    if backend.get("api_key") or backend.get("api_key_env"):
+        return
+    if env.get(_UPSTREAM_KEY_DEFAULT_ENV):
+        backend["api_key_env"] = _UPSTREAM_KEY_DEFAULT_ENV
+        origins[("backends", name, "api_key_env")] = f"command line --upstream (${_UPSTREAM_KEY_DEFAULT_ENV})"
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -102,7 +183,13 @@ def _runner() -> Generator[asyncio.Runner, None, None]:
         yield runner
 
 
-async def _serve(config: GatewayConfig) -> int:
+async def _serve(config: GatewayConfig, source: str = "<config>") -> int:
+    # SIGTERM/SIGINT from here on stop the process cleanly, start-up included (imports, discovery
+    # against a slow upstream, a local model build): see _StartupStop.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    early = _StartupStop(loop, stop)
+
     import uvicorn
 
     from gateway.http_app import create_app
@@ -114,16 +201,31 @@ async def _serve(config: GatewayConfig) -> int:
             yield  # SIGTERM/SIGINT are ours: readiness first, drain, then stop uvicorn
 
     gateway = Gateway(config)
+    start_task = asyncio.create_task(gateway.start())
+    stopper = asyncio.create_task(stop.wait())
     try:
-        await gateway.start()
+        await asyncio.wait({start_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if stop.is_set():
+            start_task.cancel()
+            with contextlib.suppress(BaseException):
+                await start_task
+            logger.info("stop signal during start-up: exiting without serving", extra={"event": "stopped",
+                                                                                        "drained": True})
+            await gateway.aclose()
+            return 0
+        start_task.result()
         # Everything loaded so far lives as long as the process: keep it out of the collector's
         # generations, or each full collection walks it and stalls every request in flight.
         gc.collect()
         gc.freeze()
     except Exception as e:  # a backend or stage that cannot be built: say why and exit
-        logger.error("cannot start: %s", getattr(e, "message", None) or e, extra={"event": "start_failed"})
+        logger.error("cannot start (config %s): %s", source, getattr(e, "message", None) or e,
+                     extra={"event": "start_failed"})
         await gateway.aclose()
         return 2
+    finally:
+        stopper.cancel()
+        early.done(stopping=stop.is_set())
     app = create_app(gateway)
     sc = config.server
     sock = _bind(sc.host, sc.http_port)
@@ -144,10 +246,6 @@ async def _serve(config: GatewayConfig) -> int:
                 gateway, sc.host, sc.grpc_port, reuse_port=bool(os.environ.get(_WORKER_ENV))
             )
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     serve_task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started and not serve_task.done():
         await asyncio.sleep(0.01)
@@ -185,20 +283,97 @@ async def _serve(config: GatewayConfig) -> int:
     return 0
 
 
+def _exit_before_start(signum: int, _frame: Any) -> None:
+    logger.info("%s before start-up: exiting", signal.Signals(signum).name, extra={"event": "stopped"})
+    raise SystemExit(0)
+
+
+class _StartupStop:
+    """SIGTERM/SIGINT while the gateway starts. The signal sets ``stop`` (start-up is raced against it
+    and cancelled); and because a local model build runs on the event loop's thread, where no loop
+    callback can run until it returns, a watchdog ends the process with status 0 if the cancelled
+    start-up has not finished unwinding within ``_STARTUP_STOP_S``. Nothing is served yet, so there is
+    nothing to drain; the model cache is written atomically."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+        self._loop = loop
+        self._stop = stop
+        self._active = True
+        self._timer: threading.Timer | None = None
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        # A Python-level handler: it runs on the main thread between bytecodes, even inside a build.
+        if not self._active:
+            return
+        if self._timer is None:
+            logger.info("%s during start-up: stopping", signal.Signals(signum).name, extra={"event": "shutdown"})
+            self._timer = threading.Timer(_STARTUP_STOP_S, self._force_exit)
+            self._timer.daemon = True
+            self._timer.start()
+        self._loop.call_soon_threadsafe(self._stop.set)
+
+    def _force_exit(self) -> None:
+        logger.warning("start-up did not stop within %.0f s of the signal; exiting now", _STARTUP_STOP_S,
+                       extra={"event": "stopped", "drained": True})
+        for h in logging.getLogger().handlers:
+            with contextlib.suppress(Exception):
+                h.flush()
+        os._exit(0)
+
+    def done(self, *, stopping: bool) -> None:
+        """Start-up is over: the loop's own handlers take over (they set ``stop``). When it ended because
+        of a signal (``stopping``) the watchdog stays armed until the process exits."""
+        self._active = False
+        if self._timer is not None and not stopping:
+            self._timer.cancel()
+        for sig in _STOP_SIGNALS:
+            self._loop.add_signal_handler(sig, self._stop.set)
+
+
+_STARTUP_STOP_S = 3.0
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from gateway.logs import configure_logging
 
     try:
-        config = _serve_config(args)
+        config, source = _serve_config(args)
     except ConfigError as e:
         print(f"promptwire: config error:\n{e}", file=sys.stderr)
         return 2
     configure_logging(config.server.log_level)
+    for sig in _STOP_SIGNALS:  # until _serve (or the workers' parent) installs its own
+        signal.signal(sig, _exit_before_start)
     workers = args.workers if args.workers is not None else config.server.workers
+    if not os.environ.get(_WORKER_ENV):  # workers: their parent says it once
+        _log_backend_notes(config, defaulted_key=bool(args.upstream) and args.upstream_key_env is None)
     if workers > 1 and not os.environ.get(_WORKER_ENV):
         return _run_workers(args, config, workers)
     with _runner() as runner:
-        return runner.run(_serve(config))
+        return runner.run(_serve(config, source))
+
+
+def _log_backend_notes(config: GatewayConfig, *, defaulted_key: bool) -> None:
+    """Start-time notes on upstream keys and TLS (names of variables only, never a key)."""
+    for name, bc in config.backends.items():
+        if bc.type != "openai":
+            continue
+        host = urlsplit(bc.base_url or "").netloc
+        if bc.api_key_env:
+            if not os.environ.get(bc.api_key_env):
+                logger.warning("backend %s: api_key_env %s is not set; no key is sent to %s", name, bc.api_key_env,
+                               host, extra={"event": "upstream_key_missing", "backend": name})
+            elif defaulted_key and bc.api_key_env == _UPSTREAM_KEY_DEFAULT_ENV and name.startswith("upstream"):
+                logger.info("backend %s: sending the key in $%s to %s (--upstream-key-env VAR picks another "
+                            "variable, --upstream-key-env '' sends none)", name, bc.api_key_env, host,
+                            extra={"event": "upstream_key", "backend": name, "env": bc.api_key_env})
+        if not bc.tls_verify and (bc.base_url or "").startswith("https:"):
+            logger.warning("backend %s: tls_verify is false: the certificate of %s is NOT checked, so anyone on "
+                           "the path can read and change this traffic (and the upstream key)", name, host,
+                           extra={"event": "tls_verify_off", "backend": name})
 
 
 _WORKER_ENV = "PROMPTWIRE_WORKER_OF"
@@ -230,8 +405,9 @@ def _run_workers(args: argparse.Namespace, config: GatewayConfig, workers: int) 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
     try:
-        raw, source = load_raw(args.file)
-        config = validate_config(raw, source)
+        origins: Origins = {}
+        raw, source = load_raw(args.file, origins=origins)
+        config = validate_config(raw, source, origins)
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 1
@@ -256,6 +432,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, Any]:
     serve.add_argument("--upstream", action="append", metavar="URL",
                        help="OpenAI-compatible upstream, e.g. http://127.0.0.1:8000/v1; proxies all its models "
                             "(repeatable; the first is the default for unknown models)")
+    serve.add_argument("--upstream-key-env", metavar="VAR",
+                       help="name of the environment variable holding the --upstream API key (default: "
+                            "the key configured for the backend, else $OPENAI_API_KEY when set; '' sends none)")
     serve.add_argument("--model", action="append", metavar="PATH_OR_ID",
                        help="serve a local model in-process (needs the local provider)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])

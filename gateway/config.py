@@ -5,13 +5,17 @@ from __future__ import annotations
 import os
 import re
 import ssl
+import types
+import typing
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 __all__ = [
     "ApiKeyConfig",
@@ -165,10 +169,34 @@ class BackendConfig(_Strict):
     """Type openai: how the upstream constrains output to one of a list (trie labels). vLLM >= 0.12:
     ``structured_outputs``; older vLLM: ``guided_choice``; None: it cannot (labels get a clear 400)."""
 
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if any(c.isspace() or not c.isprintable() for c in v):
+            raise ValueError(f"{v!r} has spaces or control characters")
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https"):
+            raise ValueError(f"{v!r} is not an http:// or https:// URL (e.g. http://127.0.0.1:8000/v1)")
+        try:
+            host, _port = parts.hostname, parts.port
+        except ValueError as e:  # a port that is not a number or out of range
+            raise ValueError(f"{v!r}: {e}") from None
+        if not host:
+            raise ValueError(f"{v!r} has no host")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError(f"{v!r}: credentials in the URL are not sent; use api_key_env, api_key or headers")
+        if parts.query or parts.fragment:
+            raise ValueError(f"{v!r}: a query string or fragment is not sent upstream; remove it")
+        return v
+
     @model_validator(mode="after")
-    def _needs_url(self) -> BackendConfig:
+    def _needs_target(self) -> BackendConfig:
         if self.type == "openai" and not self.base_url:
             raise ValueError("type openai needs base_url (e.g. http://127.0.0.1:8000/v1)")
+        if self.type == "local" and not self.model_path:
+            raise ValueError("type local needs model_path (a checkpoint directory or Hugging Face id)")
         return self
 
 
@@ -210,23 +238,11 @@ class GatewayConfig(_Strict):
 
     @model_validator(mode="after")
     def _cross_refs(self) -> GatewayConfig:
-        from gateway.stages.base import RESERVED_STAGES
-
-        if self.default_backend is not None and self.default_backend not in self.backends:
-            raise ValueError(f"default_backend {self.default_backend!r} is not a key of backends")
-        for i, route in enumerate(self.models):
-            for b in route.backends:
-                if b not in self.backends:
-                    raise ValueError(f"models[{i}].backends: {b!r} is not a key of backends")
-        specs = [("default_stages", s) for s in self.default_stages]
-        for i, route in enumerate(self.models):
-            specs += [(f"models[{i}].stages", s) for s in route.stages or ()]
-        for where, spec in specs:
-            if spec.name not in RESERVED_STAGES:
-                raise ValueError(f"{where}: unknown stage {spec.name!r} (known: {', '.join(RESERVED_STAGES)})")
-        for name in self.stages:
-            if name not in RESERVED_STAGES:
-                raise ValueError(f"stages: unknown stage {name!r} (known: {', '.join(RESERVED_STAGES)})")
+        problems = _xref_problems(self)
+        if problems:  # validate_config reports each at its own key path, from the raw tree
+            raise PydanticCustomError(
+                _XREF_ERROR, "; ".join(f"{_loc(loc)}: {msg}" for loc, msg in problems)
+            )
         return self
 
     def default_backend_name(self) -> str | None:
@@ -235,103 +251,293 @@ class GatewayConfig(_Strict):
         return next(iter(self.backends), None)
 
 
+_XREF_ERROR = "cross_reference"
+
+Loc = tuple[int | str, ...]
+
+
+def _get(node: Any, key: str) -> Any:
+    """``key`` of a raw mapping or a validated model (None when absent or of the wrong kind)."""
+    if isinstance(node, Mapping):
+        return node.get(key)
+    return getattr(node, key, None) if isinstance(node, BaseModel) else None
+
+
+def _xref_problems(tree: Any) -> list[tuple[Loc, str]]:
+    """Names that must refer to a backend or a stage and do not, each with its key path. Works on the
+    raw tree too (skipping parts of the wrong shape), so these are reported beside field errors."""
+    from gateway.stages.base import RESERVED_STAGES
+
+    out: list[tuple[Loc, str]] = []
+    backends = _get(tree, "backends")
+    names = set(backends) if isinstance(backends, Mapping) else set() if backends is None else None
+    known_b = ", ".join(sorted(map(str, names or ()))) or "none"
+    known_s = ", ".join(RESERVED_STAGES)
+
+    default = _get(tree, "default_backend")
+    if names is not None and isinstance(default, str) and default not in names:
+        out.append((("default_backend",), f"{default!r} is not a key of backends (known: {known_b})"))
+
+    def stage_list(value: Any, loc: Loc) -> None:
+        if isinstance(value, (list, tuple)):
+            for j, spec in enumerate(value):
+                name = _get(spec, "name")
+                if isinstance(name, str) and name not in RESERVED_STAGES:
+                    out.append(((*loc, j, "name"), f"unknown stage {name!r} (known: {known_s})"))
+
+    routes = _get(tree, "models")
+    if isinstance(routes, (list, tuple)):
+        for i, route in enumerate(routes):
+            wanted = _get(route, "backends")
+            if names is not None and isinstance(wanted, (list, tuple)):
+                for j, b in enumerate(wanted):
+                    if isinstance(b, str) and b not in names:
+                        out.append((("models", i, "backends", j), f"{b!r} is not a key of backends (known: {known_b})"))
+            stage_list(_get(route, "stages"), ("models", i, "stages"))
+    stage_list(_get(tree, "default_stages"), ("default_stages",))
+    stages = _get(tree, "stages")
+    if isinstance(stages, Mapping):
+        for name in stages:
+            if name not in RESERVED_STAGES:
+                out.append((("stages", name), f"unknown stage {name!r} (known: {known_s})"))
+    return out
+
+
 def default_config_text() -> str:
     """The embedded default config (package data): offline, no backend."""
     return resources.files("gateway").joinpath("default.yaml").read_text(encoding="utf-8")
 
 
-def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
-    node = tree
-    for key in path[:-1]:
-        nxt = node.get(key)
-        if not isinstance(nxt, dict):
-            nxt = {}
-            node[key] = nxt
-        node = nxt
-    node[path[-1]] = value
+class _Loader(yaml.SafeLoader):
+    """Safe YAML that refuses a key given twice in one mapping (YAML leaves it to the loader; the usual
+    last-one-wins hides typos such as two ``server:`` sections)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # ``<<: *anchor``: its keys may be overridden, that is what it is for
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise _DuplicateKey(key, line, seen[key])
+                seen[key] = line
+            except TypeError:
+                continue  # an unhashable key: the base class reports it
+        return super().construct_mapping(node, deep=deep)
 
 
-def apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
-    """Apply ``PROMPTWIRE_A__B__C=value`` overrides (``a.b.c``; value parsed as YAML) to ``raw``."""
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, line: int, first: int) -> None:
+        super().__init__(f"line {line}: duplicate key {key!r} (first given on line {first})")
+
+
+def _yaml_load(text: str) -> Any:
+    """Parse YAML (safe tags only); raises yaml.YAMLError or _DuplicateKey."""
+    return yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
+
+
+Origins = dict[Loc, str]
+"""Key paths whose value did not come from the file, and where it came from (``environment
+PROMPTWIRE_X``, ``command line --http-port``): errors there name that instead of the file."""
+
+
+def _norm(key: str) -> str:
+    return key.lower().replace("-", "_")
+
+
+def _shape(annotation: Any) -> tuple[str, Any]:
+    """What a field holds, for walking an env path: ("model", cls), ("map", value type), ("list", None),
+    ("any", None) or ("scalar", None)."""
+    if annotation is Any:
+        return "any", None
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _shape(members[0]) if len(members) == 1 else ("scalar", None)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "model", annotation
+    if origin in (Mapping, dict) or annotation in (Mapping, dict):
+        args = typing.get_args(annotation)
+        return "map", args[1] if len(args) == 2 else Any
+    if origin in (tuple, list) or annotation in (tuple, list):
+        return "list", None
+    return "scalar", None
+
+
+def _env_path(name: str) -> str:
+    return ".".join(name[len(ENV_PREFIX) :].split("__")).lower()
+
+
+def apply_env(raw: dict[str, Any], env: Mapping[str, str], origins: Origins | None = None) -> dict[str, Any]:
+    """Apply ``PROMPTWIRE_A__B__C=value`` overrides (key path ``a.b.c``; the value is parsed as YAML) to
+    ``raw``. Each segment matches a key already in the tree (or a field name) ignoring case, with ``_``
+    and ``-`` alike, so ``PROMPTWIRE_BACKENDS__MY_TGI__BASE_URL`` sets ``backends.my-tgi.base_url``.
+    ``origins`` (when given) records which key paths came from which variable."""
     for name in sorted(env):
         if not name.startswith(ENV_PREFIX) or "__" not in name[len(ENV_PREFIX) :]:
             continue
-        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
-        if any(not p for p in path):
-            raise ConfigError(f"environment {name}: empty key segment")
+        segments = name[len(ENV_PREFIX) :].split("__")
+        label = f"environment {name}"
+        if any(not p for p in segments):
+            raise ConfigError(f"{label}: empty key segment")
         try:
-            value = yaml.safe_load(env[name])
-        except yaml.YAMLError as e:
-            raise ConfigError(f"environment {name}: not a YAML value: {e}") from None
-        _set_path(raw, path, value)
+            value = _yaml_load(env[name])
+        except (yaml.YAMLError, _DuplicateKey) as e:
+            raise ConfigError(f"{label}: not a YAML value: {e}") from None
+        _set_env_value(raw, segments, value, label, origins)
     return raw
 
 
-def _loc(loc: tuple[int | str, ...]) -> str:
+def _set_env_value(raw: dict[str, Any], segments: list[str], value: Any, label: str,
+                   origins: Origins | None) -> None:
+    node: dict[Any, Any] = raw
+    shape: tuple[str, Any] = ("model", GatewayConfig)
+    path: list[str] = []
+    for i, seg in enumerate(segments):
+        kind, arg = shape
+        if kind == "list":
+            whole = f" ({ENV_PREFIX}{'__'.join(segments[:i])}='[...]')" if i >= 2 else " in the file"
+            raise ConfigError(
+                f"{label}: {'.'.join(path)} is a list; the environment cannot set one of its items "
+                f"({seg!r}). Give the whole list as one YAML value{whole}"
+            )
+        if kind == "scalar":
+            raise ConfigError(f"{label}: {'.'.join(path)} is a single value, it has no key {seg!r}")
+        if kind == "model":
+            fields = [f for f in arg.model_fields if _norm(f) == _norm(seg)]
+            key = fields[0] if fields else seg.lower()  # unknown: validation names it (extra key)
+            shape = _shape(arg.model_fields[key].annotation) if fields else ("any", None)
+        else:
+            matches = [k for k in node if isinstance(k, str) and _norm(k) == _norm(seg)]
+            if len(matches) > 1:
+                raise ConfigError(
+                    f"{label}: {seg!r} matches several keys of {'.'.join(path) or '(top level)'} "
+                    f"({', '.join(map(repr, matches))}); rename one so they differ in more than case, '-' and '_'"
+                )
+            key = matches[0] if matches else seg.lower()
+            shape = _shape(arg) if kind == "map" else ("any", None)
+        path.append(key)
+        if i == len(segments) - 1:
+            node[key] = value
+            if origins is not None:
+                origins[tuple(path)] = label
+            return
+        nxt = node.get(key)
+        if isinstance(nxt, list):
+            shape = ("list", None)
+        if shape[0] in ("list", "scalar"):
+            continue  # the next segment reports it
+        if nxt is None:
+            nxt = node[key] = {}
+            if origins is not None:
+                origins.setdefault(tuple(path), label)
+        elif not isinstance(nxt, dict):
+            raise ConfigError(
+                f"{label}: {'.'.join(path)} holds a value of type {type(nxt).__name__}, not a mapping"
+            )
+        node = nxt
+
+
+def _loc(loc: Loc) -> str:
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("function-after[_cross_refs()]", "function-after[_needs_url()]"):
-            continue
+        elif isinstance(part, str) and part.startswith("function-"):
+            continue  # a model validator's wrapper, not a key
         else:
             out += ("." if out else "") + str(part)
     return out or "(top level)"
 
 
-def validate_config(raw: Any, source: str) -> GatewayConfig:
-    """Validate a parsed YAML tree; errors name ``source``, the key path and the reason."""
+def _keys(loc: Loc) -> Loc:
+    return tuple(p for p in loc if not (isinstance(p, str) and p.startswith("function-")))
+
+
+def _origin(loc: Loc, origins: Origins) -> str | None:
+    """Where the value at ``loc`` came from, when not from the file: the longest recorded prefix."""
+    for n in range(len(loc), 0, -1):
+        label = origins.get(loc[:n])
+        if label is not None:
+            return label
+    return None
+
+
+def validate_config(raw: Any, source: str, origins: Origins | None = None) -> GatewayConfig:
+    """Validate a parsed YAML tree; each error names ``source`` (or the environment variable or
+    command-line option the value came from, per ``origins``), the key path and the reason. All
+    errors are reported, cross references (backend and stage names) included."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: (top level): must be a mapping, got {type(raw).__name__}")
+    problems: list[tuple[Loc, str]] = []
     try:
         return GatewayConfig.model_validate(raw)
     except ValidationError as e:
-        lines = []
-        for err in e.errors():
-            msg = err["msg"].removeprefix("Value error, ")
-            lines.append(f"{source}: {_loc(tuple(err['loc']))}: {msg}")
-        raise ConfigError("\n".join(lines)) from None
+        xref = [((), err["msg"]) for err in e.errors() if err["type"] == _XREF_ERROR]
+        problems = [(_keys(tuple(err["loc"])), err["msg"].removeprefix("Value error, "))
+                    for err in e.errors() if err["type"] != _XREF_ERROR]
+    # Cross references, one line per key path, from the raw tree: also when fields have errors.
+    problems += _xref_problems(raw) or xref
+    lines = []
+    for loc, msg in problems:
+        line = f"{(_origin(loc, origins or {}) or source)}: {_loc(loc)}: {msg}"
+        if line not in lines:
+            lines.append(line)
+    raise ConfigError("\n".join(lines))
 
 
-def parse_raw(text: str, source: str, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+def parse_raw(
+    text: str, source: str, env: Mapping[str, str] | None = None, origins: Origins | None = None
+) -> dict[str, Any]:
     """YAML text -> tree with ``env`` overrides applied (not validated yet)."""
     try:
-        raw = yaml.safe_load(text)
+        raw = _yaml_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{source}: not valid YAML: {e}") from None
+    except _DuplicateKey as e:
+        raise ConfigError(f"{source}: {e}") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: (top level): must be a mapping, got {type(raw).__name__}")
     tree: dict[str, Any] = raw
     if env:
-        tree = apply_env(tree, env)
+        tree = apply_env(tree, env, origins)
     return tree
 
 
+EMBEDDED_SOURCE = "<embedded default.yaml>"
+
+
 def load_raw(
-    path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None
+    path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None, origins: Origins | None = None
 ) -> tuple[dict[str, Any], str]:
     """FILE's tree (or the embedded default's when None) with env overrides, and its name for errors."""
     env = os.environ if env is None else env
     if path is None:
-        return parse_raw(default_config_text(), "<embedded default.yaml>", env), "<embedded default.yaml>"
+        return parse_raw(default_config_text(), EMBEDDED_SOURCE, env, origins), EMBEDDED_SOURCE
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
-    return parse_raw(text, str(p), env), str(p)
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text: {e.reason} at byte {e.start}") from None
+    return parse_raw(text, str(p), env, origins), str(p)
 
 
 def parse_config(text: str, source: str = "<config>", env: Mapping[str, str] | None = None) -> GatewayConfig:
     """Parse and validate YAML text; ``env`` overrides (default: none)."""
-    return validate_config(parse_raw(text, source, env), source)
+    origins: Origins = {}
+    return validate_config(parse_raw(text, source, env, origins), source, origins)
 
 
 def load_config(path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> GatewayConfig:
     """Load FILE (or the embedded default when None) and apply ``env`` overrides (default os.environ)."""
-    raw, source = load_raw(path, env)
-    return validate_config(raw, source)
+    origins: Origins = {}
+    raw, source = load_raw(path, env, origins)
+    return validate_config(raw, source, origins)

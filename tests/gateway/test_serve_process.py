@@ -19,9 +19,14 @@ import pytest
 MSG = [{"role": "user", "content": "hi"}]
 
 
+def _clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROMPTWIRE_") and k != "OPENAI_API_KEY"}
+    return {**env, **(extra or {})}
+
+
 class Served:
-    def __init__(self, args: list[str], cache_dir: Path | None = None) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PROMPTWIRE_")}
+    def __init__(self, args: list[str], cache_dir: Path | None = None, env: dict[str, str] | None = None) -> None:
+        env = _clean_env(env)
         if cache_dir is not None:
             env["PROMPTWIRE_CACHE_DIR"] = str(cache_dir)
         self.proc = subprocess.Popen(
@@ -72,8 +77,8 @@ class Served:
 def serve() -> Any:
     started: list[Served] = []
 
-    def make(*args: str, cache_dir: Path | None = None) -> Served:
-        s = Served(list(args), cache_dir)
+    def make(*args: str, cache_dir: Path | None = None, env: dict[str, str] | None = None) -> Served:
+        s = Served(list(args), cache_dir, env)
         started.append(s)
         return s
 
@@ -161,3 +166,60 @@ def test_sigterm_grace_over_still_exits_zero(serve: Any, make_upstream: Any, tmp
     assert time.monotonic() - t0 < 5
     t.join(10)
     assert any('"drained": false' in line for line in s.log)
+
+
+@pytest.mark.parametrize(
+    ("env", "extra_args"),
+    [
+        ({"PROMPTWIRE_BACKENDS__UPSTREAM__API_KEY": "sk-test"}, []),  # env overrides reach --upstream's backend
+        ({"OPENAI_API_KEY": "sk-test"}, []),  # the default when no key is configured
+        ({"OPENAI_API_KEY": "sk-wrong", "UP_KEY": "sk-test"}, ["--upstream-key-env", "UP_KEY"]),
+    ],
+)
+def test_upstream_flag_sends_the_upstream_key(
+    serve: Any, make_upstream: Any, env: dict[str, str], extra_args: list[str]
+) -> None:
+    up = make_upstream(api_key="sk-test")  # 401 without "Authorization: Bearer sk-test"
+    s = serve("--upstream", up.url, *extra_args, env=env)
+    with httpx.Client(base_url=s.base, timeout=10) as http:
+        r = http.post("/v1/chat/completions", json={"model": "test-model", "messages": MSG})
+    assert r.status_code == 200, r.text
+    s.proc.send_signal(signal.SIGTERM)
+    assert s.proc.wait(10) == 0
+    s.kill()
+    assert not any("sk-test" in line for line in s.log), "the upstream key was logged"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_stop_signal_during_start_up_exits_zero_promptly(sig: signal.Signals) -> None:
+    """The upstream accepts the model-discovery connection and never answers: start-up is in progress."""
+    import socket
+
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(8)
+    ls.settimeout(30)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "serve", "--http-port", "0", "--no-grpc",
+         "--upstream", f"http://127.0.0.1:{ls.getsockname()[1]}/v1"],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=_clean_env(), text=True,
+    )
+    try:
+        conn, _ = ls.accept()  # discovery has started (GET /v1/models), and hangs
+        t0 = time.monotonic()
+        proc.send_signal(sig)
+        rc = proc.wait(15)
+        elapsed = time.monotonic() - t0
+        conn.close()
+        assert proc.stderr is not None
+        log = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        if proc.stderr is not None:
+            proc.stderr.close()
+        ls.close()
+    assert rc == 0, log
+    assert elapsed < 3, elapsed
+    assert "during start-up" in log and '"serving"' not in log
