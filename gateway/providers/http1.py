@@ -13,15 +13,22 @@ from urllib.parse import urlsplit
 
 import httptools
 
-__all__ = ["ConnectError", "HTTP1Pool", "ProtocolError", "ReadTimeout", "Response", "StaleConnection"]
+__all__ = [
+    "CertificateError", "ConnectError", "HTTP1Pool", "ProtocolError", "ReadTimeout", "Response", "StaleConnection",
+]
 
 
 class ConnectError(OSError):
     """Could not open a connection (refused, unreachable, connect timeout)."""
 
 
+class CertificateError(ConnectError):
+    """The upstream's TLS certificate did not verify: trying again will not change that."""
+
+
 class StaleConnection(ConnectionError):
-    """A reused keep-alive connection closed before any response byte: safe to send again."""
+    """A reused keep-alive connection closed without a response byte right after the request went out
+    (the upstream had closed it while idle): sending again is safe."""
 
 
 class ProtocolError(ConnectionError):
@@ -37,6 +44,19 @@ class ReadTimeout(TimeoutError):
 _PAUSE_AT = 256 * 1024
 _RESUME_AT = 64 * 1024
 
+# A reused connection that closes without a byte counts as stale (closed by the upstream while idle, the
+# request never seen) only when the close comes this soon after the request went out. Later, the upstream
+# may have been working on the request (a crash, a load balancer's idle timeout): sending it again could
+# run it twice, so it is an ordinary broken response.
+_STALE_WINDOW_S = 1.0
+# After an SSE stream's [DONE], how long the terminating chunk may take before the connection is closed
+# instead of pooled (a connection that never completes its message must not keep a slot).
+_END_GRACE_S = 1.0
+
+
+class _Unasked(Exception):
+    """A response the connection did not ask for began (raised from a parser callback)."""
+
 
 class _Conn(asyncio.Protocol):
     """One connection; one request at a time. The parser's callbacks fill the response state."""
@@ -51,7 +71,11 @@ class _Conn(asyncio.Protocol):
         self.used = False
         self.reused = False
         self.pool_on_end = False
+        self.end_timer: asyncio.TimerHandle | None = None
         self.paused = False
+        self.in_request = False  # a request was sent and its response is still ours to read
+        self.spare = False  # opened beyond max_connections (a readiness probe): closed after use, never pooled
+        self.sent_at = 0.0
         self._reset()
 
     def _reset(self) -> None:
@@ -73,24 +97,51 @@ class _Conn(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
 
     def data_received(self, data: bytes) -> None:
+        if not self.in_request:
+            # bytes on an idle connection answer nothing we asked: they must never be read as the next
+            # request's response. A stray line break is harmless; anything else ends the connection.
+            if data.strip(b"\r\n"):
+                self.close()
+            return
         self.got_bytes = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:  # pragma: no cover - we never ask for upgrades
             self._fail(ProtocolError("unexpected protocol upgrade"))
         except httptools.HttpParserError as e:
-            self._fail(ProtocolError(f"malformed HTTP from upstream: {e}"))
+            if self.done or not self.in_request:
+                # bytes after a complete response (garbage, or a response nobody asked for): the response
+                # stands, the connection cannot be trusted with another one
+                self.keep_alive = False
+                self.close()
+            else:
+                self._fail(ProtocolError(f"malformed HTTP from upstream: {e}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._free_slot()
-        if not self.done:
-            if not self.got_bytes and self.reused:
-                self._fail(StaleConnection("keep-alive connection closed by the upstream"))
-            else:
-                self._fail(ProtocolError("upstream closed the connection before the response was complete"))
+        if self.done or not self.in_request:
+            return
+        if self.head_done and self._close_delimited():
+            # RFC 9112 6.3: no content-length and not chunked: the body ends where the connection does
+            self.keep_alive = False
+            self.done = True
+            self._wake()
+        elif not self.got_bytes and self.reused and self.loop.time() - self.sent_at < _STALE_WINDOW_S:
+            self._fail(StaleConnection("keep-alive connection closed by the upstream"))
+        else:
+            self._fail(ProtocolError("upstream closed the connection before the response was complete"))
+
+    def _close_delimited(self) -> bool:
+        for k, v in self.headers:
+            if k == b"content-length" or (k == b"transfer-encoding" and b"chunked" in v.lower()):
+                return False
+        return True
 
     # httptools callbacks
+    def on_message_begin(self) -> None:
+        if self.done or not self.in_request:
+            raise _Unasked
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name.lower(), value))
 
@@ -132,10 +183,19 @@ class _Conn(asyncio.Protocol):
         self._wake()
         if self.pool_on_end:  # the reader let go early (after [DONE]); now the connection is clean
             self.pool_on_end = False
+            if self.end_timer is not None:
+                self.end_timer.cancel()
+                self.end_timer = None
             if not self.closed and self.keep_alive:
                 self.pool._put(self)
             else:
                 self.close()
+
+    def _end_overdue(self) -> None:
+        self.end_timer = None
+        if self.pool_on_end:  # [DONE] came, the rest of the message did not: drop the connection
+            self.pool_on_end = False
+            self.close()
 
     def _fail(self, exc: BaseException) -> None:
         if self.exc is None:
@@ -260,6 +320,7 @@ class Response:
         conn.flow_control = False
         conn.drop_buffered()  # also resumes reading: the terminating chunk must still come in
         conn.pool_on_end = True
+        conn.end_timer = conn.loop.call_later(_END_GRACE_S, conn._end_overdue)
 
     def close(self) -> None:
         if not self._finished:
@@ -270,9 +331,14 @@ class Response:
 class HTTP1Pool:
     """Keep-alive connections to one origin (scheme://host:port): at most ``max_connections`` open at
     once (in use and idle together); a request beyond that waits, first come first served, until one
-    is returned or closed."""
+    is returned or closed. A query string in ``base_url`` (e.g. ``?api-version=...``) goes on every
+    request. https: ``tls_ca_file`` trusts that PEM bundle instead of the system store; ``tls_verify``
+    False skips certificate checks."""
 
-    def __init__(self, base_url: str, *, max_connections: int = 512, connect_timeout: float = 5.0) -> None:
+    def __init__(
+        self, base_url: str, *, max_connections: int = 512, connect_timeout: float = 5.0,
+        tls_ca_file: str | None = None, tls_verify: bool = True,
+    ) -> None:
         if max_connections < 1:
             raise ValueError(f"max_connections must be at least 1, got {max_connections}")
         parts = urlsplit(base_url)
@@ -280,10 +346,20 @@ class HTTP1Pool:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
         self.host = parts.hostname
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
-        self.ssl: ssl.SSLContext | None = ssl.create_default_context() if parts.scheme == "https" else None
+        self.ssl: ssl.SSLContext | None = None
+        if parts.scheme == "https":
+            self.ssl = ssl.create_default_context(cafile=tls_ca_file)
+            if not tls_verify:
+                self.ssl.check_hostname = False
+                self.ssl.verify_mode = ssl.CERT_NONE
         default_port = (parts.scheme == "https" and self.port == 443) or (parts.scheme == "http" and self.port == 80)
-        self.host_header = (self.host if default_port else f"{self.host}:{self.port}").encode("idna")
+        if ":" in self.host:  # an IPv6 literal keeps its brackets in Host (RFC 9110 7.2)
+            host = f"[{self.host}]".encode("ascii")
+        else:
+            host = self.host.encode("idna")
+        self.host_header = host if default_port else b"%s:%d" % (host, self.port)
         self.path_prefix = parts.path.rstrip("/")
+        self.query = parts.query
         self.max_connections = max_connections
         self.connect_timeout = connect_timeout
         self.loop = asyncio.get_running_loop()
@@ -302,7 +378,8 @@ class HTTP1Pool:
         return sum(1 for w in self._waiters if not w.done())
 
     def _put(self, conn: _Conn) -> None:
-        if self._closed or conn.closed:
+        conn.in_request = False
+        if self._closed or conn.closed or conn.spare:
             conn.close()
             return
         conn._reset()
@@ -320,15 +397,27 @@ class HTTP1Pool:
                 w.set_result(None)
                 return
 
-    async def _acquire(self) -> _Conn:
-        """An idle connection, else a new one while under the limit, else wait for either."""
+    async def _acquire(self, spare: bool = False, fresh: bool = False) -> _Conn:
+        """An idle connection, else a new one while under the limit, else wait for either (``spare``:
+        else a new one beyond the limit, used once; ``fresh``: a new one, in place of an idle one at the
+        limit)."""
         while True:
-            while self._idle:
+            while self._idle and not fresh:
                 c = self._idle.pop()
-                if not c.closed:
+                if not c.closed and not c.got_bytes:
                     return c
+                c.close()
             if self._open < self.max_connections:
                 return await self._connect()
+            if fresh and self._idle:
+                c = self._idle.pop(0)  # the longest idle
+                if c.holds_slot:  # its slot passes to the new connection: no waiter is woken for it
+                    c.holds_slot = False
+                    self._open -= 1
+                c.close()
+                continue
+            if spare:
+                return await self._connect(counted=False)
             waiter = self.loop.create_future()
             self._waiters.append(waiter)
             try:
@@ -338,8 +427,9 @@ class HTTP1Pool:
                     self._wake_one()  # we were handed a turn we cannot use: pass it on
                 raise
 
-    async def _connect(self) -> _Conn:
-        self._open += 1  # the slot is taken while connecting, so a burst cannot overshoot the limit
+    async def _connect(self, counted: bool = True) -> _Conn:
+        if counted:
+            self._open += 1  # the slot is taken while connecting, so a burst cannot overshoot the limit
         conn: _Conn | None = None
         try:
             async with asyncio.timeout(self.connect_timeout):
@@ -348,28 +438,43 @@ class HTTP1Pool:
                 )
         except TimeoutError:
             raise ConnectError(f"connect timeout after {self.connect_timeout:g} s") from None
+        except ssl.SSLCertVerificationError as e:
+            raise CertificateError(
+                f"TLS certificate verification failed: {e.verify_message or e.reason or e} (not retried: it "
+                "will fail the same way; for a private CA set tls_ca_file)"
+            ) from e
         except OSError as e:
             raise ConnectError(e.strerror or str(e)) from e
         finally:
-            if conn is None:
+            if conn is None and counted:
                 self._slot_freed()
         if conn.closed:  # lost before we got it: never counted, nothing to hand out
-            self._slot_freed()
+            if counted:
+                self._slot_freed()
             raise ConnectError("the connection closed as soon as it was opened")
-        conn.holds_slot = True
+        if counted:
+            conn.holds_slot = True
+        else:
+            conn.spare = True
         return conn
 
     async def request(
         self, method: bytes, path: str, headers: list[tuple[bytes, bytes]], body: bytes,
-        read_timeout: float | None, deadline: float | None = None,
+        read_timeout: float | None, deadline: float | None = None, *, spare: bool = False, fresh: bool = False,
     ) -> Response:
         """Send one request and wait for the status line and headers. Every wait for bytes is cut to
-        ``deadline`` (``time.monotonic()``), so a steady trickle cannot hold a request past it."""
-        conn = await self._acquire()
+        ``deadline`` (``time.monotonic()``), so a steady trickle cannot hold a request past it.
+        ``spare``: never wait for a slot; beyond ``max_connections`` use a connection of its own.
+        ``fresh``: on a new connection (resending after a StaleConnection: the other idle ones may be too)."""
+        conn = await self._acquire(spare, fresh)
         conn.reused = conn.used
         conn.used = True
+        conn.in_request = True
+        target = self.path_prefix + path
+        if self.query:
+            target += ("&" if "?" in path else "?") + self.query
         head = b"%s %s HTTP/1.1\r\nhost: %s\r\ncontent-length: %d\r\n" % (
-            method, (self.path_prefix + path).encode(), self.host_header, len(body))
+            method, target.encode(), self.host_header, len(body))
         parts = [head]
         for k, v in headers:
             parts.append(k + b": " + v + b"\r\n")
@@ -378,6 +483,7 @@ class HTTP1Pool:
         assert conn.transport is not None
         try:
             conn.transport.write(b"".join(parts))
+            conn.sent_at = self.loop.time()
             while not conn.head_done:
                 await conn.wait(_cut(read_timeout, deadline))
         except BaseException:  # cancelled, timed out or broken: the connection cannot be reused

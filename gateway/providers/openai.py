@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.errors import PromptwireError, RequestTimeout, UpstreamError, UpstreamStatusError
 from gateway.providers.choice import apply_choice
 from gateway.providers.http1 import (
+    CertificateError,
     ConnectError,
     HTTP1Pool,
     ProtocolError,
@@ -85,7 +86,7 @@ class OpenAIProvider:
         assert config.base_url is not None  # checked by config validation
         self.name = name
         self.config = config
-        self.base_url = config.base_url.rstrip("/")
+        self.base_url = config.base_url.split("?", 1)[0].rstrip("/")  # for log lines; the pool keeps the query
         self._metrics = metrics
         headers: dict[str, str] = {"content-type": "application/json", "accept-encoding": "identity",
                                    **{k.lower(): v for k, v in config.headers.items()}}
@@ -96,6 +97,9 @@ class OpenAIProvider:
         self._pool_: HTTP1Pool | None = None
         self._ready_at = 0.0
         self._ready = False
+        self._ok_at = -_READY_CACHE_S  # when a request last got a 200: the upstream is up, no probe needed
+        if config.base_url.startswith("https:") and not config.tls_verify:
+            logger.warning("backend %s: tls_verify is off: the upstream's certificate is not checked", name)
         if metrics is not None:  # read when /metrics is rendered
             metrics.upstream_connections.labels(name).set_function(
                 lambda: self._pool_.open_connections if self._pool_ is not None else 0)
@@ -105,8 +109,10 @@ class OpenAIProvider:
     def _pool(self) -> HTTP1Pool:
         # created lazily: the pool belongs to the running loop
         if self._pool_ is None:
-            self._pool_ = HTTP1Pool(self.base_url, max_connections=self.config.max_connections,
-                                    connect_timeout=self.config.timeouts.connect_s)
+            c = self.config
+            self._pool_ = HTTP1Pool(c.base_url or "", max_connections=c.max_connections,
+                                    connect_timeout=c.timeouts.connect_s, tls_ca_file=c.tls_ca_file,
+                                    tls_verify=c.tls_verify)
         return self._pool_
 
     async def aclose(self) -> None:
@@ -116,15 +122,10 @@ class OpenAIProvider:
 
     # ----- sending with retries --------------------------------------------------------------------
 
-    def _read_timeout(self, req: GatewayRequest) -> float:
-        """The read timeout, cut to the request's remaining time so a silent upstream cannot hold it."""
-        t = self.config.timeouts.read_s
-        if req.deadline is not None:
-            t = min(t, max(0.001, req.deadline - time.monotonic()))
-        return t
-
-    async def _post(self, path: str, req: GatewayRequest) -> Response:
-        """POST with retries; returns a 200 response whose body is not read yet."""
+    async def _post(self, path: str, req: GatewayRequest, deadline: float) -> Response:
+        """POST with retries; returns a 200 response whose body is not read yet. ``deadline`` (monotonic:
+        the request's or the backend's total_s, whichever comes first) cuts every wait for bytes, and no
+        retry is waited for past it: the upstream's error goes to the client at once instead."""
         url = self.base_url + path
         payload = req.upstream_body()
         if req.decoder is not None:
@@ -134,26 +135,39 @@ class OpenAIProvider:
         rid = req.request_id if req.request_id.isprintable() else "invalid"  # never CR/LF into the head
         headers = [*self._headers, (b"x-request-id", rid.encode("latin-1", "replace"))]
         r = self.config.retries
+        read_s = self.config.timeouts.read_s
         pool = self._pool()
         attempt = 0
+        fresh = False  # after a stale connection: new connections only for this request
         while True:
             attempt += 1
             with upstream_errors(self.name, url):
                 try:
-                    resp = await pool.request(b"POST", path, headers, body, self._read_timeout(req), req.deadline)
+                    resp = await pool.request(b"POST", path, headers, body, read_s, deadline, fresh=fresh)
                 except StaleConnection:
-                    attempt -= 1  # the upstream closed an idle connection: resend, not a real failure
+                    # the upstream had closed that idle connection before our request reached it: resend,
+                    # once, not counted as an attempt, on a new connection. A new connection is never
+                    # stale, so if the upstream drops the request again that is a failure (no resend).
+                    if fresh:  # pragma: no cover - cannot happen (see above); never loop
+                        raise
+                    fresh = True
+                    attempt -= 1
                     continue
+                except CertificateError:
+                    raise  # a certificate that did not verify will not verify on the next try
                 except ConnectError as e:
                     if attempt >= r.max_attempts:
                         raise
                     delay = self._backoff(attempt)
+                    if delay >= deadline - time.monotonic():
+                        raise
                     self._note_retry("connect")
                     logger.info("request %s: backend %s: %s; retry %d in %.3fs", req.request_id, self.name, e,
                                 attempt, delay)
                     await asyncio.sleep(delay)
                     continue
                 if resp.status == 200:
+                    self._ok_at = time.monotonic()
                     return resp
                 err = await self._status_error(resp)
             status = err.upstream_status
@@ -163,6 +177,8 @@ class OpenAIProvider:
                     if err.retry_after > r.max_retry_after_s:
                         raise err
                     delay = max(delay, err.retry_after)
+                if delay >= deadline - time.monotonic():
+                    raise err  # the wait would outlast the request: the upstream's answer now, not a 504 later
                 self._note_retry(str(status))
                 logger.info("request %s: backend %s answered %d; retry %d in %.3fs", req.request_id,
                             self.name, status, attempt, delay)
@@ -217,10 +233,10 @@ class OpenAIProvider:
 
     async def generate(self, req: GatewayRequest) -> Completion:
         url = self.base_url + self._path(req)
-        _, own = self._limits(req)
+        deadline, own = self._limits(req)
         try:
             async with asyncio.timeout(own):
-                resp = await self._post(self._path(req), req)
+                resp = await self._post(self._path(req), req, deadline)
                 with upstream_errors(self.name, url):
                     try:
                         raw = await resp.read()
@@ -240,7 +256,7 @@ class OpenAIProvider:
         deadline, own = self._limits(req)
         try:
             async with asyncio.timeout(own):
-                resp = await self._post(self._path(req), req)
+                resp = await self._post(self._path(req), req, deadline)
         except TimeoutError:
             raise RequestTimeout(f"backend {self.name!r} did not answer in time") from None
         done = False
@@ -276,9 +292,9 @@ class OpenAIProvider:
         msg = err.get("message") if isinstance(err, dict) else (err or data.get("message"))
         raise UpstreamError(f"backend {self.name!r} failed mid-stream: {msg}")
 
-    async def _get_models(self, timeout: float) -> tuple[int, bytes]:
+    async def _get_models(self, timeout: float, spare: bool = False) -> tuple[int, bytes]:
         pool = self._pool()
-        resp = await pool.request(b"GET", "/models", self._headers, b"", timeout)
+        resp = await pool.request(b"GET", "/models", self._headers, b"", timeout, spare=spare)
         try:
             raw = await resp.read()
         finally:
@@ -303,13 +319,17 @@ class OpenAIProvider:
         return out
 
     async def ready(self) -> bool:
-        """Upstream answers GET /models (result cached for a couple of seconds)."""
+        """A request got a 200 in the last couple of seconds, or the upstream answers GET /models (result
+        cached as long). The probe never waits behind max_connections: a busy pool is not a dead upstream,
+        so when every connection is in use it opens one of its own."""
         now = time.monotonic()
+        if now - self._ok_at < _READY_CACHE_S:
+            return True
         if now - self._ready_at < _READY_CACHE_S:
             return self._ready
         try:
             async with asyncio.timeout(2.0):
-                status, _ = await self._get_models(2.0)
+                status, _ = await self._get_models(2.0, spare=True)
             ok = status < 500
         except (OSError, TimeoutError, ValueError):
             ok = False

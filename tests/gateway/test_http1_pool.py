@@ -169,3 +169,252 @@ async def test_a_slow_stream_reader_pauses_the_upstream_socket() -> None:
             await w.wait_closed()
         server.close()
         await server.wait_closed()
+
+
+# ----- a scripted raw upstream in the test's own loop ---------------------------------------------------
+
+Script = Any  # async (request_number_on_connection, reader, writer) -> bool (True: keep the connection)
+
+
+class _Raw:
+    """A raw-socket upstream on 127.0.0.1 whose replies come from ``script``; records request heads."""
+
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.heads: list[bytes] = []
+        self.connections = 0
+        self._writers: list[asyncio.StreamWriter] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> _Raw:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for w in self._writers:
+            w.close()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks)
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.append(writer)
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        n = 0
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                await reader.readexactly(length)
+                self.heads.append(head)
+                n += 1
+                if not await self.script(n, reader, writer):
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass  # a script still waiting when the test ends is cancelled: end quietly
+        finally:
+            writer.close()
+            self._tasks.discard(task)
+
+
+def _reply(body: bytes, *extra: bytes, version: bytes = b"HTTP/1.1", length: bool = True) -> bytes:
+    head = [version + b" 200 OK", b"content-type: application/json", *extra]
+    if length:
+        head.append(b"content-length: %d" % len(body))
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+async def _ask(pool: HTTP1Pool, **kw: Any) -> bytes:
+    resp = await pool.request(b"POST", "/chat/completions", HEADERS, BODY, 5.0, **kw)
+    try:
+        return await resp.read()
+    finally:
+        resp.release()
+
+
+@pytest.mark.parametrize("version, extra", [(b"HTTP/1.0", ()), (b"HTTP/1.1", (b"connection: close",))])
+async def test_a_close_delimited_body_is_complete_at_eof(version: bytes, extra: tuple[bytes, ...]) -> None:
+    async def script(n: int, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+        w.write(_reply(b'{"ok": 1}', *extra, version=version, length=False))
+        await w.drain()
+        return False  # the close ends the body
+
+    async with _Raw(script) as up:
+        pool = HTTP1Pool(up.url)
+        try:
+            assert await _ask(pool) == b'{"ok": 1}'
+            assert await _ask(pool) == b'{"ok": 1}'  # each on its own connection, nothing pooled
+            assert up.connections == 2 and pool.open_connections == 0
+        finally:
+            pool.close()
+
+
+async def test_bytes_on_an_idle_connection_never_answer_the_next_request() -> None:
+    async def script(n: int, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+        w.write(_reply(b'"reply %d"' % n))
+        await w.drain()
+        if n == 1 and up.connections == 1:  # then, unasked, a whole second response while it sits idle
+            await asyncio.sleep(0.05)
+            w.write(_reply(b'"unsolicited"'))
+            await w.drain()
+        return True
+
+    async with _Raw(script) as up:
+        pool = HTTP1Pool(up.url)
+        try:
+            assert await _ask(pool) == b'"reply 1"'
+            await asyncio.sleep(0.2)
+            assert pool.open_connections == 0  # the stray bytes closed the idle connection
+            assert await _ask(pool) == b'"reply 1"'  # a new connection: its first reply, not the stray one
+            assert await _ask(pool) == b'"reply 2"'
+            assert up.connections == 2
+        finally:
+            pool.close()
+
+
+async def test_bytes_after_a_complete_response_keep_the_response_and_drop_the_connection() -> None:
+    async def script(n: int, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+        w.write(_reply(b'"whole"') + b"garbage that is not HTTP\r\n")  # one packet
+        await w.drain()
+        return True
+
+    async with _Raw(script) as up:
+        pool = HTTP1Pool(up.url)
+        try:
+            assert await _ask(pool) == b'"whole"'
+            assert await _ask(pool) == b'"whole"'
+            assert up.connections == 2  # the first connection was not reused
+        finally:
+            pool.close()
+
+
+async def test_only_a_drop_right_after_the_write_counts_as_a_stale_connection(monkeypatch: Any) -> None:
+    """A reused connection closed with no reply is stale (safe to resend) only when the close comes
+    at once; one the upstream held for a while may have run the request: that is a broken response."""
+    from gateway.providers import http1
+    from gateway.providers.http1 import ProtocolError, StaleConnection
+
+    monkeypatch.setattr(http1, "_STALE_WINDOW_S", 0.3)
+    hold = 0.0
+
+    async def script(n: int, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+        if n == 1:
+            w.write(_reply(b"{}"))
+            await w.drain()
+            return True
+        await asyncio.sleep(hold)
+        return False  # close without a reply
+
+    async with _Raw(script) as up:
+        pool = HTTP1Pool(up.url)
+        try:
+            await _ask(pool)
+            with pytest.raises(StaleConnection):
+                await _ask(pool)
+            hold = 0.5
+            await _ask(pool)
+            with pytest.raises(ProtocolError) as e:
+                await _ask(pool)
+            assert not isinstance(e.value, StaleConnection)
+        finally:
+            pool.close()
+
+
+async def test_fresh_skips_idle_connections_and_keeps_the_cap() -> None:
+    async def script(n: int, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+        w.write(_reply(b"{}"))
+        await w.drain()
+        return True
+
+    async with _Raw(script) as up:
+        pool = HTTP1Pool(up.url, max_connections=2)
+        try:
+            await asyncio.gather(*[_ask(pool) for _ in range(2)])
+            assert up.connections == 2 and len(pool._idle) == 2
+            await _ask(pool, fresh=True)  # at the cap: an idle one makes room for the new one
+            assert up.connections == 3 and pool.open_connections == 2
+        finally:
+            pool.close()
+
+
+async def test_done_without_the_terminating_chunk_gives_the_slot_back(monkeypatch: Any) -> None:
+    from gateway.providers import http1
+
+    monkeypatch.setattr(http1, "_END_GRACE_S", 0.2)
+
+    async def script(n: int, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+        w.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        w.write(b"e\r\ndata: [DONE]\n\n\r\n")  # and then never the terminating 0-chunk
+        await w.drain()
+        await asyncio.sleep(30)
+        return False
+
+    async with _Raw(script) as up:
+        pool = HTTP1Pool(up.url, max_connections=1)
+        try:
+            resp = await pool.request(b"POST", "/chat/completions", HEADERS, BODY, 5.0)
+            async for line in resp.lines():
+                if line == b"data: [DONE]":
+                    break
+            resp.release_at_end()
+            assert pool.open_connections == 1
+            await asyncio.sleep(0.4)
+            assert pool.open_connections == 0  # closed, not parked forever holding the only slot
+        finally:
+            pool.close()
+
+
+async def test_a_spare_request_does_not_queue_behind_max_connections() -> None:
+    async def script(n: int, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+        w.write(_reply(b"{}"))
+        await w.drain()
+        return True
+
+    async with _Raw(script) as up:
+        pool = HTTP1Pool(up.url, max_connections=1)
+        try:
+            held = await pool.request(b"POST", "/chat/completions", HEADERS, BODY, 5.0)  # the only slot
+            assert await asyncio.wait_for(_ask(pool, spare=True), 2.0) == b"{}"
+            assert pool.open_connections == 1 and not pool._idle  # the spare one was closed, not pooled
+            await held.read()
+            held.release()
+        finally:
+            pool.close()
+
+
+async def test_the_base_url_query_goes_on_every_request() -> None:
+    async def script(n: int, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+        w.write(_reply(b"{}"))
+        await w.drain()
+        return True
+
+    async with _Raw(script) as up:
+        pool = HTTP1Pool(up.url + "/?api-version=2024-06-01")
+        try:
+            await _ask(pool)
+            resp = await pool.request(b"GET", "/models", HEADERS, b"", 5.0)
+            await resp.read()
+            resp.release()
+            assert up.heads[0].startswith(b"POST /v1/chat/completions?api-version=2024-06-01 HTTP/1.1\r\n")
+            assert up.heads[1].startswith(b"GET /v1/models?api-version=2024-06-01 HTTP/1.1\r\n")
+        finally:
+            pool.close()
+
+
+async def test_host_header_of_an_ipv6_literal_keeps_its_brackets() -> None:
+    assert HTTP1Pool("http://[::1]:8000/v1").host_header == b"[::1]:8000"
+    assert HTTP1Pool("https://[2001:db8::1]/v1").host_header == b"[2001:db8::1]"
+    assert HTTP1Pool("http://example.com:80/v1").host_header == b"example.com"
