@@ -98,8 +98,6 @@ class OpenAIProvider:
         self._ready_at = 0.0
         self._ready = False
         self._ok_at = -_READY_CACHE_S  # when a request last got a 200: the upstream is up, no probe needed
-        if config.base_url.startswith("https:") and not config.tls_verify:
-            logger.warning("backend %s: tls_verify is off: the upstream's certificate is not checked", name)
         if metrics is not None:  # read when /metrics is rendered
             metrics.upstream_connections.labels(name).set_function(
                 lambda: self._pool_.open_connections if self._pool_ is not None else 0)
