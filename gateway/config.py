@@ -185,10 +185,10 @@ class BackendConfig(_Strict):
             raise ValueError(f"{v!r}: {e}") from None
         if not host:
             raise ValueError(f"{v!r} has no host")
-        if parts.username is not None or parts.password is not None:
-            raise ValueError(f"{v!r}: credentials in the URL are not sent; use api_key_env, api_key or headers")
+        if parts.username is not None or parts.password is not None:  # not echoed: it holds a secret
+            raise ValueError("credentials in the URL (user:password@) are not sent; use api_key_env, api_key or headers")
         if parts.query or parts.fragment:
-            raise ValueError(f"{v!r}: a query string or fragment is not sent upstream; remove it")
+            raise ValueError("a query string or fragment (?... #...) is not sent upstream; remove it")
         return v
 
     @model_validator(mode="after")
@@ -385,7 +385,9 @@ def apply_env(raw: dict[str, Any], env: Mapping[str, str], origins: Origins | No
         try:
             value = _yaml_load(env[name])
         except (yaml.YAMLError, _DuplicateKey) as e:
-            raise ConfigError(f"{label}: not a YAML value: {e}") from None
+            # Without the text: the value may be a secret (an API key).
+            why = str(e) if isinstance(e, _DuplicateKey) else getattr(e, "problem", None) or type(e).__name__
+            raise ConfigError(f"{label}: not a YAML value: {why}") from None
         _set_env_value(raw, segments, value, label, origins)
     return raw
 
