@@ -81,3 +81,22 @@ def test_serve_config_errors_name_the_file_the_variable_or_the_option(
 def test_no_config_and_no_flags_is_the_offline_default() -> None:
     cfg = _config([], {})
     assert {n: (b.type, b.model_path) for n, b in cfg.backends.items()} == {"tiny": ("local", "tiny:llama")}
+
+
+def test_start_notes_name_variables_never_keys(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.cli import _log_backend_notes
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-value")
+    monkeypatch.delenv("MISSING_KEY", raising=False)
+    cfg = _config(["--upstream", "https://api.example.com/v1"], {
+        "OPENAI_API_KEY": "sk-secret-value", "PROMPTWIRE_BACKENDS__UPSTREAM__TLS_VERIFY": "false",
+        "PROMPTWIRE_BACKENDS__OTHER__BASE_URL": "http://o:1/v1",
+        "PROMPTWIRE_BACKENDS__OTHER__API_KEY_ENV": "MISSING_KEY",
+    })
+    with caplog.at_level("INFO", logger="gateway.cli"):
+        _log_backend_notes(cfg, defaulted_key=True)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "backend upstream: sending the key in $OPENAI_API_KEY to api.example.com" in text
+    assert "backend upstream: tls_verify is false: the certificate of api.example.com is NOT checked" in text
+    assert "backend other: api_key_env MISSING_KEY is not set; no key is sent to o:1" in text
+    assert "sk-secret-value" not in text
