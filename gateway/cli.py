@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import logging
 import os
 import signal
@@ -154,8 +155,29 @@ def _upstream_key(backend: dict[str, Any], name: str, key_env: str | None, env: 
     if backend.get("api_key") or backend.get("api_key_env"):
         return
     if env.get(_UPSTREAM_KEY_DEFAULT_ENV):
+        url = str(backend.get("base_url") or "")
+        if not _private_channel(url):
+            # never send an OpenAI key in clear text to another machine because it happened to be set
+            logger.warning("backend %s: $%s is set but not sent to %s (plain http to a non-local host); "
+                           "pass --upstream-key-env %s to send it anyway", name, _UPSTREAM_KEY_DEFAULT_ENV,
+                           urlsplit(url).hostname, _UPSTREAM_KEY_DEFAULT_ENV)
+            return
         backend["api_key_env"] = _UPSTREAM_KEY_DEFAULT_ENV
         origins[("backends", name, "api_key_env")] = f"command line --upstream (${_UPSTREAM_KEY_DEFAULT_ENV})"
+
+
+def _private_channel(url: str) -> bool:
+    """https, or plain http to this machine: where a default key may go without being asked for."""
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return True
+    host = parts.hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -187,8 +187,8 @@ class BackendConfig(_Strict):
             raise ValueError(f"{v!r} has no host")
         if parts.username is not None or parts.password is not None:  # not echoed: it holds a secret
             raise ValueError("credentials in the URL (user:password@) are not sent; use api_key_env, api_key or headers")
-        if parts.query or parts.fragment:
-            raise ValueError("a query string or fragment (?... #...) is not sent upstream; remove it")
+        if parts.fragment:
+            raise ValueError("a fragment (#...) is not sent upstream; remove it")
         return v
 
     @model_validator(mode="after")

@@ -179,7 +179,8 @@ class _Servicer(gateway_pb2_grpc.GatewayServicer):
                 try:
                     call.request_id = request_id = _request_id(context, request.request_id)
                     req = self._request(request, context, request_id, received)
-                    call.stream = stream = await self._gateway.generate_stream(req)
+                    call.stream = stream = await self._gateway.generate_stream(
+                        req, trace_headers=context.invocation_metadata())
                     await context.send_initial_metadata((("x-request-id", request_id),))
                     state = conv.StreamState(kind=req.kind, request_id=request_id)
                     async for chunk in stream:

@@ -20,6 +20,7 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.errors import BodyTooLarge, InvalidRequest, Overloaded, PromptwireError, UpstreamStatusError
 from gateway.http_models import ChatCompletionRequest, CompletionRequest, openapi_document
+from gateway.logs import access_log, error_log
 from gateway.metrics import CONTENT_TYPE
 from gateway.service import ApiKey, Gateway, GatewayStream
 from gateway.stages.base import RESERVED_STAGES
@@ -107,12 +108,7 @@ class _Generate:
     def _log(self, req: GatewayRequest, status: int, overhead_ms: float, stats: Sequence[StageStats],
              t0: float) -> None:
         """One access-log line per request (``server.access_log``), stage stats included, no prompt text."""
-        logger.info(
-            "%s %s %d", "stream" if req.stream else "request", req.request_id, status,
-            extra={"request_id": req.request_id, "model": req.model, "kind": req.kind, "stream": req.stream,
-                   "status": status, "ms": round((time.perf_counter() - t0) * 1000, 3),
-                   "overhead_ms": round(overhead_ms, 3), "stages": [st.to_dict() for st in stats]},
-        )
+        access_log(logger, "http", req.request_id, req.model, req.kind, req.stream, status, t0, overhead_ms, stats)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         t0 = time.perf_counter()
@@ -129,6 +125,7 @@ class _Generate:
                 xkey = v
         request_id = _request_id(rid)
         scope["promptwire.request_id"] = request_id  # for the exception handler
+        scope["promptwire.t0"] = t0  # for its access-log line
         token: str | None = None
         if auth is not None:
             scheme, _, rest = auth.decode("latin-1").partition(" ")
@@ -155,15 +152,18 @@ class _Generate:
         watcher = asyncio.create_task(_watch_disconnect(receive, gone, task))
         try:
             if req.stream:
-                stream = await gw.generate_stream(req)
+                stream = await gw.generate_stream(req, trace_headers=scope["headers"])
             else:
-                completion, stats, overhead_ms = await gw.generate(req)
+                completion, stats, overhead_ms = await gw.generate(req, trace_headers=scope["headers"])
         except asyncio.CancelledError:
             watcher.cancel()
             if gone.is_set():
                 task.uncancel()  # the cancel was ours (client left): finish quietly
                 self._count(req.model, req.stream, 499)
-                logger.info("request %s: client disconnected before the response", request_id)
+                logger.info("request %s: client disconnected before the response", request_id,
+                            extra={"request_id": request_id, "api": "http"})
+                if self.access_log:
+                    self._log(req, 499, 0.0, (), t0)
                 return
             raise
         except BaseException:
@@ -238,7 +238,7 @@ class _Generate:
             except PromptwireError as e:
                 # headers are gone: end the stream with an error event (and no [DONE]) so SDKs raise
                 status = e.http_status
-                logger.warning("request %s: stream failed after it started: %s", request_id, e.message)
+                error_log(logger, "http", request_id, e.http_status, _error_code(e), e.message, started=True)
                 self.gw.metrics.errors.labels(str(e.http_status), _error_code(e)).inc()
                 payload = json.dumps(e.to_openai(), separators=(",", ":")).encode()
                 await send({"type": "http.response.body", "body": b"data: " + payload + b"\n\n",
@@ -249,7 +249,8 @@ class _Generate:
             if gone.is_set():
                 asyncio.current_task().uncancel()  # type: ignore[union-attr]
                 status = 499
-                logger.info("request %s: client disconnected mid-stream", request_id)
+                logger.info("request %s: client disconnected mid-stream", request_id,
+                            extra={"request_id": request_id, "api": "http"})
                 return
             raise
         finally:
@@ -295,17 +296,14 @@ def _error_to_response(gateway: Gateway, exc: Exception, rid: str | None) -> Res
     """The HTTP exception handler: any exception before the response started -> OpenAI error JSON."""
     if isinstance(exc, PromptwireError):
         gateway.metrics.errors.labels(str(exc.http_status), _error_code(exc)).inc()
-        if exc.http_status >= 500:
-            logger.warning("request %s: %s %s", rid, exc.http_status, exc.message)
-        else:
-            logger.info("request %s: %s %s", rid, exc.http_status, exc.message)
+        error_log(logger, "http", rid, exc.http_status, _error_code(exc), exc.message)
         return error_response(exc, rid)
     rid_header = {"x-request-id": rid} if rid else {}
     if isinstance(exc, HTTPException):
         body = {"error": {"message": str(exc.detail), "type": "invalid_request_error", "param": None,
                           "code": "not_found" if exc.status_code == 404 else None}}
         return JSONResponse(body, status_code=exc.status_code, headers={**(exc.headers or {}), **rid_header})
-    logger.error("request %s: unexpected error", rid, exc_info=exc)
+    logger.error("request %s: unexpected error", rid, exc_info=exc, extra={"request_id": rid, "api": "http"})
     gateway.metrics.errors.labels("500", "internal_error").inc()
     body = {"error": {"message": "internal error in the gateway", "type": "server_error", "param": None,
                       "code": "internal_error"}}
@@ -334,6 +332,10 @@ class GatewayApp:
                     response = _error_to_response(self.gateway, exc, rid)
                     handler._count(scope.get("promptwire.model", "unknown"), scope.get("promptwire.stream", False),
                                    response.status_code)
+                    if handler.access_log and rid is not None:
+                        access_log(logger, "http", rid, scope.get("promptwire.model", ""), handler.kind,
+                                   scope.get("promptwire.stream", False), response.status_code,
+                                   scope.get("promptwire.t0", time.perf_counter()), 0.0, ())
                     await response(scope, receive, send)
                 return
         await self.starlette(scope, receive, send)

@@ -10,7 +10,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -33,7 +33,7 @@ from gateway.errors import (
 from gateway.metrics import Metrics
 from gateway.providers.base import Provider, ProviderFactory
 from gateway.stages.base import IMPLEMENTED_DECODERS, RESERVED_DECODERS, RESERVED_STAGES, Stage, StageFactory
-from gateway.tracing import Tracer
+from gateway.tracing import RequestTrace, Tracer
 from gateway.types import Completion, GatewayRequest, ModelInfo, StageStats, StreamChunk, Usage
 
 if TYPE_CHECKING:
@@ -180,6 +180,8 @@ class Gateway:
             if close is not None:
                 await close()
         self._stages.clear()
+        if self.tracer.enabled:
+            await asyncio.to_thread(self.tracer.shutdown)  # flush spans (the exporter may block)
 
     @property
     def shutting_down(self) -> bool:
@@ -421,7 +423,7 @@ class Gateway:
                 )
 
     async def _prepare(
-        self, req: GatewayRequest, deadline: float | None
+        self, req: GatewayRequest, deadline: float | None, rt: RequestTrace | None = None
     ) -> tuple[GatewayRequest, _Route, list[StageStats]]:
         """Checks, routing and stages: everything before the provider call."""
         key = self._keys_by_id.get(req.api_key_id) if req.api_key_id is not None else None
@@ -437,11 +439,7 @@ class Gateway:
             logger.debug("request %s prompt: %s", req.request_id, req.prompt_text())
         stats: list[StageStats] = []
         for stage, opts in plan:
-            if self.tracer.enabled:
-                with self.tracer.span(f"promptwire.stage.{stage.name}", {"request_id": req.request_id}):
-                    req, st = await stage.apply(req, opts)
-            else:
-                req, st = await stage.apply(req, opts)
+            req, st = await (stage.apply(req, opts) if rt is None else rt.stage(stage, req, opts))
             stats.append(st)
             self.metrics.child(self.metrics.stage_seconds, st.stage).observe(st.ms / 1000)
             if st.tokens_saved:
@@ -461,28 +459,34 @@ class Gateway:
 
     # ----- generation ------------------------------------------------------------------------------
 
-    async def generate(self, req: GatewayRequest) -> tuple[Completion, list[StageStats], float]:
-        """One whole response, the stages' stats and the gateway's overhead in ms."""
+    async def generate(
+        self, req: GatewayRequest, *, trace_headers: Iterable[tuple[Any, Any]] | None = None
+    ) -> tuple[Completion, list[StageStats], float]:
+        """One whole response, the stages' stats and the gateway's overhead in ms.
+
+        ``trace_headers``: the client's request headers (ASGI) or gRPC metadata; with tracing on, a W3C
+        ``traceparent`` there makes this request's spans part of the client's trace."""
         t0 = req.received_at or time.perf_counter()
-        self._admit()
+        rt = self.tracer.request(req, trace_headers) if self.tracer.enabled else None
         try:
-            deadline = self._deadline(req)
-            remaining = None if deadline is None else deadline - time.monotonic()
+            self._admit()
             try:
-                async with asyncio.timeout(remaining):
-                    req2, route, stats = await self._prepare(req, deadline)
-                    t1 = time.perf_counter()
-                    if self.tracer.enabled:
-                        attrs = {"request_id": req.request_id, "model": req.model, "kind": req.kind}
-                        with self.tracer.span("promptwire.upstream", attrs):
-                            completion = await self._call(req2, route)
-                    else:
-                        completion = await self._call(req2, route)
-                    t2 = time.perf_counter()
-            except TimeoutError:
-                raise RequestTimeout(f"request did not finish within {remaining:.3g} s") from None
-        finally:
-            self._release()
+                deadline = self._deadline(req)
+                remaining = None if deadline is None else deadline - time.monotonic()
+                try:
+                    async with asyncio.timeout(remaining):
+                        req2, route, stats = await self._prepare(req, deadline, rt)
+                        t1 = time.perf_counter()
+                        completion = await self._call(req2, route, rt)
+                        t2 = time.perf_counter()
+                except TimeoutError:
+                    raise RequestTimeout(f"request did not finish within {remaining:.3g} s") from None
+            finally:
+                self._release()
+        except BaseException as e:
+            if rt is not None:
+                rt.fail(e)
+            raise
         t3 = time.perf_counter()
         overhead_ms = ((t1 - t0) + (t3 - t2)) * 1000
         m = self.metrics
@@ -493,18 +497,23 @@ class Gateway:
         if usage is not None:
             m.child(m.tokens_in, m.model_label(req.model)).inc(usage.prompt_tokens)
             m.child(m.tokens_out, m.model_label(req.model)).inc(usage.completion_tokens)
+        if rt is not None:
+            rt.end(completion, overhead_ms)
         return completion, stats, overhead_ms
 
     def _note_failover(self, req: GatewayRequest, route: _Route, prov: Provider, e: PromptwireError) -> None:
-        if len(route.providers) > 1:
+        if prov is not route.providers[-1]:  # the last one has nowhere to fail over to
             logger.warning("request %s: backend %s failed (%s); failing over", req.request_id, prov.name, e.message)
             self.metrics.child(self.metrics.upstream_retries, prov.name, "failover").inc()
 
-    async def _call(self, req: GatewayRequest, route: _Route) -> Completion:
+    async def _call(self, req: GatewayRequest, route: _Route, rt: RequestTrace | None = None) -> Completion:
         last: PromptwireError | None = None
         for prov in route.providers:
             try:
-                return await prov.generate(req)
+                if rt is None:
+                    return await prov.generate(req)
+                with rt.upstream(prov.name, req.model, stream=False):
+                    return await prov.generate(req)
             except PromptwireError as e:
                 if not _failover_ok(e):
                     raise
@@ -513,37 +522,55 @@ class Gateway:
         assert last is not None
         raise last
 
-    async def generate_stream(self, req: GatewayRequest) -> GatewayStream:
+    async def generate_stream(
+        self, req: GatewayRequest, *, trace_headers: Iterable[tuple[Any, Any]] | None = None
+    ) -> GatewayStream:
         """Run stages and connect upstream until the first chunk is in hand (errors until then are
-        ordinary exceptions the front end maps to a status); then stream the rest."""
+        ordinary exceptions the front end maps to a status); then stream the rest. ``trace_headers``:
+        as for :meth:`generate`."""
         t0 = req.received_at or time.perf_counter()
-        self._admit()
+        rt = self.tracer.request(req, trace_headers) if self.tracer.enabled else None
         try:
-            deadline = self._deadline(req)
-            remaining = None if deadline is None else deadline - time.monotonic()
+            self._admit()
             try:
-                async with asyncio.timeout(remaining):
-                    req2, route, stats = await self._prepare(req, deadline)
-                    t1 = time.perf_counter()
-                    it, first = await self._open_stream(req2, route)
-            except TimeoutError:
-                raise RequestTimeout(f"no response within {remaining:.3g} s") from None
-        except BaseException:
-            self._release()
+                deadline = self._deadline(req)
+                remaining = None if deadline is None else deadline - time.monotonic()
+                try:
+                    async with asyncio.timeout(remaining):
+                        req2, route, stats = await self._prepare(req, deadline, rt)
+                        t1 = time.perf_counter()
+                        it, first = await self._open_stream(req2, route, rt)
+                except TimeoutError:
+                    raise RequestTimeout(f"no response within {remaining:.3g} s") from None
+            except BaseException:
+                self._release()
+                raise
+        except BaseException as e:
+            if rt is not None:
+                rt.fail(e)
             raise
+        t2 = time.perf_counter()  # the upstream's response head and first chunk are in
         overhead_ms = (t1 - t0) * 1000
-        self.metrics.child(self.metrics.overhead_seconds, req.kind).observe(t1 - t0)
-        self.metrics.child(self.metrics.ttft_seconds, self.metrics.model_label(req.model)).observe(time.perf_counter() - t0)
-        return GatewayStream(self, req, it, first, stats, overhead_ms, deadline, t0)
+        m = self.metrics
+        m.child(m.overhead_seconds, req.kind).observe(t1 - t0)
+        m.child(m.upstream_seconds, route.providers[0].name).observe(t2 - t1)  # streams: until the first chunk
+        m.child(m.ttft_seconds, m.model_label(req.model)).observe(t2 - t0)
+        if rt is not None:
+            rt.opened(overhead_ms, (t2 - t0) * 1000)
+        return GatewayStream(self, req, it, first, stats, overhead_ms, deadline, t0, rt)
 
     async def _open_stream(
-        self, req: GatewayRequest, route: _Route
+        self, req: GatewayRequest, route: _Route, rt: RequestTrace | None = None
     ) -> tuple[AsyncIterator[StreamChunk], StreamChunk | None]:
         last: PromptwireError | None = None
         for prov in route.providers:
             it = prov.generate_stream(req)
             try:
-                first = await anext(it)
+                if rt is None:
+                    first = await anext(it)
+                else:
+                    with rt.upstream(prov.name, req.model, stream=True):
+                        first = await anext(it)
                 return it, first
             except StopAsyncIteration:
                 return it, None
@@ -609,6 +636,7 @@ class GatewayStream:
         overhead_ms: float,
         deadline: float | None,
         t0: float,
+        trace: RequestTrace | None = None,
     ) -> None:
         self.request = req
         self.stats = stats
@@ -621,9 +649,22 @@ class GatewayStream:
         self._t0 = t0
         self._closed = False
         self._ok = False
+        self._trace = trace
 
     def __aiter__(self) -> AsyncIterator[StreamChunk]:
-        return self._chunks()
+        if self._trace is None:
+            return self._chunks()
+        return self._traced(self._trace)
+
+    async def _traced(self, trace: RequestTrace) -> AsyncIterator[StreamChunk]:
+        """The chunks, noted in the request's trace (finish reasons; an error after the start)."""
+        try:
+            async for chunk in self._chunks():
+                trace.chunk(chunk)
+                yield chunk
+        except Exception as e:
+            trace.stream_error(e)
+            raise
 
     async def _chunks(self) -> AsyncIterator[StreamChunk]:
         if self._first is None:
@@ -659,6 +700,8 @@ class GatewayStream:
             await _aclose(self._it)
         finally:
             self._gw._release()
+            if self._trace is not None:
+                self._trace.end_stream(self._ok, self.usage)
             m = self._gw.metrics
             m.child(m.total_seconds, self.request.kind).observe(time.perf_counter() - self._t0)
             if self.usage is not None:

@@ -25,6 +25,7 @@ from gateway.providers.http1 import (
     Response,
     StaleConnection,
 )
+from gateway.tracing import inject
 from gateway.types import Completion, GatewayRequest, ModelInfo, StreamChunk
 
 if TYPE_CHECKING:
@@ -132,6 +133,7 @@ class OpenAIProvider:
         body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
         rid = req.request_id if req.request_id.isprintable() else "invalid"  # never CR/LF into the head
         headers = [*self._headers, (b"x-request-id", rid.encode("latin-1", "replace"))]
+        inject(headers)  # W3C trace context of the current upstream span (no-op with tracing off)
         r = self.config.retries
         read_s = self.config.timeouts.read_s
         pool = self._pool()

@@ -37,9 +37,12 @@ def test_upstream_merges_into_the_files_backend(tmp_path: Path) -> None:
 
 
 def test_upstream_key_sources() -> None:
-    # no key configured: $OPENAI_API_KEY when it is set
-    assert _config(["--upstream", "http://h:1"], {"OPENAI_API_KEY": "sk-o"}).backends["upstream"].api_key_env == (
-        "OPENAI_API_KEY")
+    # no key configured: $OPENAI_API_KEY when it is set, over https or to this machine
+    for url in ("https://h:1", "http://127.0.0.1:1", "http://localhost:1", "http://[::1]:1"):
+        assert _config(["--upstream", url], {"OPENAI_API_KEY": "sk-o"}).backends["upstream"].api_key_env == (
+            "OPENAI_API_KEY"), url
+    # ... but not in clear text to another machine
+    assert _config(["--upstream", "http://h:1"], {"OPENAI_API_KEY": "sk-o"}).backends["upstream"].api_key_env is None
     assert _config(["--upstream", "http://h:1"], {}).backends["upstream"].api_key_env is None
     # a configured key wins over the default
     env = {"OPENAI_API_KEY": "sk-o", "PROMPTWIRE_BACKENDS__UPSTREAM__API_KEY": "sk-p"}

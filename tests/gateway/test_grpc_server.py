@@ -31,9 +31,9 @@ class RecordingGateway(Gateway):
         super().__init__(*args, **kwargs)
         self.seen: list[Any] = []
 
-    async def generate_stream(self, req: Any) -> Any:
+    async def generate_stream(self, req: Any, **kw: Any) -> Any:
         self.seen.append(req)
-        return await super().generate_stream(req)
+        return await super().generate_stream(req, **kw)
 
 
 @dataclass
