@@ -40,7 +40,7 @@ class Metrics:
             buckets=_LATENCY_BUCKETS, registry=r,
         )
         self.upstream_seconds = Histogram(
-            "promptwire_upstream_seconds", "Time spent waiting on the provider (non-streamed requests)",
+            "promptwire_upstream_seconds", "Time waiting on the provider: the whole call, or until the first chunk of a stream",
             ["backend"], buckets=_LATENCY_BUCKETS, registry=r,
         )
         self.overhead_seconds = Histogram(

@@ -436,7 +436,8 @@ class Gateway:
         self._check_decoder(req, route)
         plan = self._plan(req, route, key)
         if self._log_prompts and logger.isEnabledFor(logging.DEBUG):  # operator opted in (log_prompts)
-            logger.debug("request %s prompt: %s", req.request_id, req.prompt_text())
+            logger.debug("request %s prompt: %s", req.request_id, req.prompt_text(),
+                         extra={"request_id": req.request_id})
         stats: list[StageStats] = []
         for stage, opts in plan:
             req, st = await (stage.apply(req, opts) if rt is None else rt.stage(stage, req, opts))
@@ -503,7 +504,8 @@ class Gateway:
 
     def _note_failover(self, req: GatewayRequest, route: _Route, prov: Provider, e: PromptwireError) -> None:
         if prov is not route.providers[-1]:  # the last one has nowhere to fail over to
-            logger.warning("request %s: backend %s failed (%s); failing over", req.request_id, prov.name, e.message)
+            logger.warning("request %s: backend %s failed (%s); failing over", req.request_id, prov.name, e.message,
+                           extra={"request_id": req.request_id})
             self.metrics.child(self.metrics.upstream_retries, prov.name, "failover").inc()
 
     async def _call(self, req: GatewayRequest, route: _Route, rt: RequestTrace | None = None) -> Completion:

@@ -314,7 +314,8 @@ class LocalProvider:
             except (RuntimeError, ValueError) as e:
                 raise UpstreamError(f"local model failed while scoring labels: {e}") from None
         logger.debug("request %s: scored %d labels (%d trie tokens) in %.1f ms", req.request_id,
-                     len(spec.labels), scores.forwarded_tokens, 1000 * (time.perf_counter() - started))
+                     len(spec.labels), scores.forwarded_tokens, 1000 * (time.perf_counter() - started),
+                     extra={"request_id": req.request_id})
         return ids, scores
 
     def _scoring_body(self, req: GatewayRequest, ids: list[int], scores: LabelScores) -> dict[str, Any]:

@@ -163,7 +163,7 @@ class OpenAIProvider:
                         raise
                     self._note_retry("connect")
                     logger.info("request %s: backend %s: %s; retry %d in %.3fs", req.request_id, self.name, e,
-                                attempt, delay)
+                                attempt, delay, extra={"request_id": req.request_id})
                     await asyncio.sleep(delay)
                     continue
                 if resp.status == 200:
@@ -181,7 +181,7 @@ class OpenAIProvider:
                     raise err  # the wait would outlast the request: the upstream's answer now, not a 504 later
                 self._note_retry(str(status))
                 logger.info("request %s: backend %s answered %d; retry %d in %.3fs", req.request_id,
-                            self.name, status, attempt, delay)
+                            self.name, status, attempt, delay, extra={"request_id": req.request_id})
                 await asyncio.sleep(delay)
                 continue
             raise err
