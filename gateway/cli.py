@@ -16,7 +16,7 @@ import sys
 import threading
 from collections.abc import Generator, Sequence
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from gateway.config import (
     EMBEDDED_SOURCE,
@@ -41,8 +41,8 @@ def _upstream_url(url: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"--upstream {url!r}: expected an http(s) URL such as http://127.0.0.1:8000/v1")
     if parts.path in ("", "/"):
-        return url.rstrip("/") + "/v1"
-    return url.rstrip("/")
+        parts = parts._replace(path="/v1")
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") or "/v1"))
 
 
 _UPSTREAM_KEY_DEFAULT_ENV = "OPENAI_API_KEY"

@@ -216,7 +216,15 @@ def _messages(messages: Sequence[common_pb2.ChatMessage]) -> tuple[ChatMessage, 
         if not m.role:
             raise InvalidRequest(f"messages[{i}].role is required", param=f"messages[{i}].role")
         extra = _optional(m, ("name", "tool_call_id"))
-        out.append(ChatMessage(role=m.role, content=m.content, extra=extra))
+        content: str | None = m.content
+        if m.tool_calls:
+            extra["tool_calls"] = [
+                {"id": tc.id, "type": tc.type or "function",
+                 "function": {"name": tc.function.name, "arguments": tc.function.arguments}}
+                for tc in m.tool_calls
+            ]
+            content = m.content or None
+        out.append(ChatMessage(role=m.role, content=content, extra=extra))
     return tuple(out)
 
 

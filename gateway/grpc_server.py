@@ -99,6 +99,7 @@ class _Call:
     request_id: str | None = None
     stream: GatewayStream | None = None  # set once the first upstream chunk is in hand
     decoder: str | None = None
+    model: str = "unknown"  # the client's model name once the request authenticated and validated
 
 
 @asynccontextmanager
@@ -179,6 +180,7 @@ class _Servicer(gateway_pb2_grpc.GatewayServicer):
                 try:
                     call.request_id = request_id = _request_id(context, request.request_id)
                     req = self._request(request, context, request_id, received)
+                    call.model = req.model
                     call.stream = stream = await self._gateway.generate_stream(
                         req, trace_headers=context.invocation_metadata())
                     await context.send_initial_metadata((("x-request-id", request_id),))
@@ -210,7 +212,7 @@ class _Servicer(gateway_pb2_grpc.GatewayServicer):
                 status = self._cancelled(context, call)
             raise
         finally:
-            self._count(request.model, kind, status or 499)
+            self._count(call.model, kind, status or 499)
             if self._access_log:
                 access_log(
                     logger, "grpc", call.request_id or "", request.model, kind, True, status or 499, received,
@@ -335,7 +337,8 @@ def _enable_reflection(server: grpc.aio.Server, names: tuple[str, ...]) -> None:
     The installed grpcio-reflection ships only the v1alpha service. The v1 protocol has the same
     messages with the same field numbers (only the package differs), so the v1alpha servicer answers
     v1 calls byte for byte when registered under the v1 name too (grpcurl and current clients try v1
-    first)."""
+    first). Only v1alpha is listed among the services: the v1 descriptors are not in this process, and
+    a client describing every listed service must not hit one it cannot resolve."""
     servicer = reflection.aio.ReflectionServicer(names)
     v1alpha = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"].full_name
     for service in (v1alpha, REFLECTION_V1):
@@ -381,7 +384,7 @@ async def start_grpc_server(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
-    _enable_reflection(server, (SERVICE_NAME, health_name, REFLECTION_V1, reflection.SERVICE_NAME))
+    _enable_reflection(server, (SERVICE_NAME, health_name, reflection.SERVICE_NAME))
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"the gRPC server could not bind {host}:{port}")

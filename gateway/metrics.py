@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -16,6 +17,7 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 
 
 MAX_MODEL_LABELS = 200
+MAX_KNOWN_MODELS = 2000
 
 
 class Metrics:
@@ -26,6 +28,7 @@ class Metrics:
         r = self.registry
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._models: set[str] = set()
+        self._known: set[str] = set()
         self.requests = Counter(
             "promptwire_requests", "Generation requests finished", ["model", "kind", "stream", "code"],
             registry=r,
@@ -76,10 +79,18 @@ class Metrics:
             registry=r,
         )
 
+    def known_models(self, names: Iterable[str]) -> None:
+        """Names the gateway serves (configured or discovered): always their own label, whatever
+        clients send (up to MAX_KNOWN_MODELS of them)."""
+        for name in names:
+            if len(self._known) >= MAX_KNOWN_MODELS:
+                break
+            self._known.add(name)
+
     def model_label(self, model: str) -> str:
-        """The ``model`` label value: model names come from clients, so after MAX_MODEL_LABELS distinct
-        names every new one is counted as ``other`` (one bound shared by every family)."""
-        if model in self._models:
+        """The ``model`` label value. Served models keep theirs; other names come from clients, so after
+        MAX_MODEL_LABELS distinct ones every new one is counted as ``other`` (one bound for every family)."""
+        if model in self._models or model in self._known:
             return model
         if len(self._models) >= MAX_MODEL_LABELS:
             return "other"

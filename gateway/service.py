@@ -159,6 +159,7 @@ class Gateway:
                     self._discovered[name] = frozenset(m.id for m in await prov.list_models())
                 except PromptwireError as e:
                     logger.warning("backend %s: model discovery failed: %s", name, e.message)
+        self.metrics.known_models(self._served_names(limit=None))  # their labels never fall into "other"
         self._started = True
 
     def _build_stage(self, name: str) -> Stage:
@@ -302,11 +303,11 @@ class Gateway:
             self._routes[model] = route
         return route
 
-    def _served_names(self) -> list[str]:
+    def _served_names(self, limit: int | None = 20) -> list[str]:
         names = {m for ms in self._discovered.values() for m in ms}
         names.update(m for bc in self.config.backends.values() for m in (bc.models or ()))
         names.update(r.match for r in self.config.models if not any(c in r.match for c in "*?["))
-        return sorted(names)[:20]
+        return sorted(names)[:limit]
 
     def _plan(self, req: GatewayRequest, route: _Route, key: ApiKey | None) -> _Plan:
         """The stages to run, with validated options, for this request."""
@@ -491,7 +492,6 @@ class Gateway:
         t3 = time.perf_counter()
         overhead_ms = ((t1 - t0) + (t3 - t2)) * 1000
         m = self.metrics
-        m.child(m.upstream_seconds, route.providers[0].name).observe(t2 - t1)
         m.child(m.overhead_seconds, req.kind).observe(overhead_ms / 1000)
         m.child(m.total_seconds, req.kind).observe(t3 - t0)
         usage = completion.usage
@@ -511,6 +511,7 @@ class Gateway:
     async def _call(self, req: GatewayRequest, route: _Route, rt: RequestTrace | None = None) -> Completion:
         last: PromptwireError | None = None
         for prov in route.providers:
+            ta = time.perf_counter()
             try:
                 if rt is None:
                     return await prov.generate(req)
@@ -521,6 +522,8 @@ class Gateway:
                     raise
                 last = e
                 self._note_failover(req, route, prov, e)
+            finally:  # every attempt, under the backend that made it
+                self.metrics.child(self.metrics.upstream_seconds, prov.name).observe(time.perf_counter() - ta)
         assert last is not None
         raise last
 
@@ -555,7 +558,6 @@ class Gateway:
         overhead_ms = (t1 - t0) * 1000
         m = self.metrics
         m.child(m.overhead_seconds, req.kind).observe(t1 - t0)
-        m.child(m.upstream_seconds, route.providers[0].name).observe(t2 - t1)  # streams: until the first chunk
         m.child(m.ttft_seconds, m.model_label(req.model)).observe(t2 - t0)
         if rt is not None:
             rt.opened(overhead_ms, (t2 - t0) * 1000)
@@ -567,6 +569,7 @@ class Gateway:
         last: PromptwireError | None = None
         for prov in route.providers:
             it = prov.generate_stream(req)
+            ta = time.perf_counter()
             try:
                 if rt is None:
                     first = await anext(it)
@@ -585,6 +588,8 @@ class Gateway:
             except BaseException:
                 await _aclose(it)
                 raise
+            finally:  # every attempt, until its first chunk, under the backend that made it
+                self.metrics.child(self.metrics.upstream_seconds, prov.name).observe(time.perf_counter() - ta)
         assert last is not None
         raise last
 

@@ -80,6 +80,7 @@ class _Conn(asyncio.Protocol):
 
     def _reset(self) -> None:
         self.status = 0
+        self.interim = False
         self.headers: list[tuple[bytes, bytes]] = []
         self.chunks: collections.deque[bytes] = collections.deque()
         self.buffered = 0  # bytes in chunks
@@ -142,11 +143,18 @@ class _Conn(asyncio.Protocol):
     def on_message_begin(self) -> None:
         if self.done or not self.in_request:
             raise _Unasked
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # an interim response (100 Continue, 103 Early Hints): not the answer; the final one follows
+            self.interim = True
+            self.headers = []
+            return
+        self.status = status
         self.head_done = True
         self._wake()
 
@@ -178,6 +186,9 @@ class _Conn(asyncio.Protocol):
                 self.transport.resume_reading()
 
     def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
         self.keep_alive = self.parser.should_keep_alive()
         self.done = True
         self._wake()
@@ -209,12 +220,13 @@ class _Conn(asyncio.Protocol):
         if w is not None and not w.done():
             w.set_result(None)
 
-    async def wait(self, timeout: float | None) -> None:
-        """Until the parser made progress (or failed); ReadTimeout after ``timeout`` of silence."""
+    async def wait(self, timeout: float | None, deadline: float | None = None) -> None:
+        """Until the parser made progress (or failed); ReadTimeout after ``timeout`` of silence (which
+        the caller cut to ``deadline``, the request's time limit, when that comes first)."""
         if self.exc is not None:
             raise self.exc
         self.waiter = self.loop.create_future()
-        handle = None if timeout is None else self.loop.call_later(timeout, self._timed_out, self.waiter)
+        handle = None if timeout is None else self.loop.call_later(timeout, self._timed_out, self.waiter, deadline)
         try:
             await self.waiter
         finally:
@@ -224,9 +236,12 @@ class _Conn(asyncio.Protocol):
         if self.exc is not None:
             raise self.exc
 
-    def _timed_out(self, waiter: asyncio.Future[None]) -> None:
+    def _timed_out(self, waiter: asyncio.Future[None], deadline: float | None) -> None:
         if not waiter.done():
-            waiter.set_exception(ReadTimeout("upstream sent nothing within the read timeout"))
+            if deadline is not None and time.monotonic() >= deadline - 0.005:
+                waiter.set_exception(ReadTimeout("the request's time limit ran out while waiting for the upstream"))
+            else:
+                waiter.set_exception(ReadTimeout("upstream sent nothing within the read timeout"))
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
@@ -271,7 +286,7 @@ class Response:
     async def read(self) -> bytes:
         conn = self._conn
         while not conn.done:
-            await conn.wait(self._timeout())
+            await conn.wait(self._timeout(), self._deadline)
         body = b"".join(conn.chunks)
         conn.drop_buffered()
         return body
@@ -294,7 +309,7 @@ class Response:
                 if buf:
                     yield buf
                 return
-            await conn.wait(self._timeout())
+            await conn.wait(self._timeout(), self._deadline)
 
     def release(self) -> None:
         """Back to the pool when the response was read to its end and keep-alive holds; else close."""
@@ -485,7 +500,7 @@ class HTTP1Pool:
             conn.transport.write(b"".join(parts))
             conn.sent_at = self.loop.time()
             while not conn.head_done:
-                await conn.wait(_cut(read_timeout, deadline))
+                await conn.wait(_cut(read_timeout, deadline), deadline)
         except BaseException:  # cancelled, timed out or broken: the connection cannot be reused
             conn.close()
             raise

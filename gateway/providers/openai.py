@@ -294,7 +294,10 @@ class OpenAIProvider:
 
     async def _get_models(self, timeout: float, spare: bool = False) -> tuple[int, bytes]:
         pool = self._pool()
-        resp = await pool.request(b"GET", "/models", self._headers, b"", timeout, spare=spare)
+        try:
+            resp = await pool.request(b"GET", "/models", self._headers, b"", timeout, spare=spare)
+        except StaleConnection:  # the upstream dropped an idle connection as we used it: a GET may go again
+            resp = await pool.request(b"GET", "/models", self._headers, b"", timeout, spare=spare, fresh=True)
         try:
             raw = await resp.read()
         finally:

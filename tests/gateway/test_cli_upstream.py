@@ -103,3 +103,12 @@ def test_start_notes_name_variables_never_keys(caplog: pytest.LogCaptureFixture,
     assert "backend upstream: tls_verify is false: the certificate of api.example.com is NOT checked" in text
     assert "backend other: api_key_env MISSING_KEY is not set; no key is sent to o:1" in text
     assert "sk-secret-value" not in text
+
+
+def test_upstream_url_gets_v1_before_its_query() -> None:
+    from gateway.cli import _upstream_url
+
+    assert _upstream_url("http://h:8000") == "http://h:8000/v1"
+    assert _upstream_url("http://h:8000/") == "http://h:8000/v1"
+    assert _upstream_url("http://h:8000?api-version=X") == "http://h:8000/v1?api-version=X"
+    assert _upstream_url("https://h/openai/v1/?api-version=2") == "https://h/openai/v1?api-version=2"

@@ -156,10 +156,13 @@ async def test_reflection_v1_and_v1alpha(make_upstream: Any) -> None:
                 ]
                 replies = [r async for r in info(iter(requests), timeout=10)]
                 names = {s.name for s in replies[0].list_services_response.service}
-                assert {SERVICE_NAME, "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
-                        "grpc.reflection.v1alpha.ServerReflection"} <= names, version
+                assert {SERVICE_NAME, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= names
                 files = replies[1].file_descriptor_response.file_descriptor_proto
                 assert any(b"ChoiceDelta" in f for f in files), version
+                # every listed service can be described (a client walking the list must not hit a hole)
+                described = [r async for r in info(iter([reflection_pb2.ServerReflectionRequest(
+                    file_containing_symbol=n) for n in sorted(names)]), timeout=10)]
+                assert all(r.HasField("file_descriptor_response") for r in described), version
     finally:
         await handle.stop(0)
         await gw.aclose()
@@ -223,3 +226,32 @@ async def test_chat_streams_tool_calls_and_refusal_end_to_end() -> None:
     assert "".join(ch.refusal for m in msgs for ch in m.choices) == "partly"
     assert msgs[-1].done and msgs[-1].choices[0].finish_reason == "tool_calls"
     assert msgs[-1].usage.completion_tokens == 7
+
+
+async def test_unauthenticated_calls_do_not_use_up_model_labels(make_upstream: Any) -> None:
+    import hashlib
+
+    from gateway.metrics import MAX_MODEL_LABELS
+    from gateway.service import Gateway
+    from tests.support.grpc_stub import serving_stub
+
+    up = make_upstream()
+    key = hashlib.sha256(b"sk-good").hexdigest()
+    cfg = _cfg(up.url, auth={"keys": [{"id": "team", "sha256": key}]})
+    gw = Gateway(GatewayConfig.model_validate(cfg))
+    await gw.start()
+    try:
+        async with serving_stub(gw) as stub:
+            for i in range(MAX_MODEL_LABELS + 5):  # no key: rejected, must not claim label slots
+                with pytest.raises(grpc.aio.AioRpcError):
+                    [m async for m in stub.Chat(_chat(model=f"junk-{i}"), timeout=10)]
+            good = (("authorization", "Bearer sk-good"),)
+            msgs = [m async for m in stub.Chat(_chat(model="test-model"), metadata=good, timeout=10)]
+            assert msgs[-1].done
+        reg = gw.metrics.registry
+        assert reg.get_sample_value("promptwire_requests_total", {
+            "model": "test-model", "kind": "chat", "stream": "true", "code": "200"}) == 1
+        assert reg.get_sample_value("promptwire_requests_total", {
+            "model": "unknown", "kind": "chat", "stream": "true", "code": "401"}) == MAX_MODEL_LABELS + 5
+    finally:
+        await gw.aclose()

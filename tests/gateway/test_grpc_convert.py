@@ -246,3 +246,20 @@ def test_tool_call_refusal_and_function_call_deltas_are_kept() -> None:
     # a plain text delta has none of the new fields set
     [d] = state.feed(StreamChunk({"choices": [{"index": 0, "delta": {"content": "hi"}}]}))
     assert not d.tool_calls and not d.refusal and not d.HasField("function_call")
+
+
+def test_assistant_tool_calls_go_upstream() -> None:
+    call = common_pb2.ToolCall(id="call_1", function=common_pb2.FunctionCall(name="f", arguments='{"x": 1}'))
+    msg = gateway_pb2.ChatRequest(
+        model="m",
+        messages=[
+            common_pb2.ChatMessage(role="user", content="weather?"),
+            common_pb2.ChatMessage(role="assistant", tool_calls=[call]),
+            common_pb2.ChatMessage(role="tool", content="sunny", tool_call_id="call_1"),
+        ],
+    )
+    req = conv.chat_request(msg, request_id="r", deadline=None, received_at=1.0)
+    sent = req.upstream_body()["messages"]
+    assert sent[1] == {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}]}
+    assert sent[2] == {"role": "tool", "content": "sunny", "tool_call_id": "call_1"}

@@ -418,3 +418,64 @@ async def test_host_header_of_an_ipv6_literal_keeps_its_brackets() -> None:
     assert HTTP1Pool("http://[::1]:8000/v1").host_header == b"[::1]:8000"
     assert HTTP1Pool("https://[2001:db8::1]/v1").host_header == b"[2001:db8::1]"
     assert HTTP1Pool("http://example.com:80/v1").host_header == b"example.com"
+
+
+@pytest.mark.parametrize("interim", [
+    b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 103 Early Hints\r\nlink: </a>; rel=preload\r\n\r\n"])
+async def test_interim_1xx_before_the_final_response(interim: bytes) -> None:
+    async def script(n: int, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+        w.write(interim)
+        await w.drain()
+        await asyncio.sleep(0.05)
+        w.write(_reply(b'{"ok": 1}'))
+        await w.drain()
+        return True
+    async with _Raw(script) as up:
+        pool = HTTP1Pool(up.url)
+        try:
+            resp = await pool.request(b"POST", "/chat/completions", [], b"{}", 5.0)
+            status = resp.status
+            body = await resp.read()
+            resp.release()
+            assert (status, body) == (200, b'{"ok": 1}')
+        finally:
+            pool.close()
+
+
+async def test_readiness_probe_on_a_stale_keepalive_connection(monkeypatch: Any) -> None:
+    """The upstream closed the idle connection just as the probe went out (same race as F2 for POSTs):
+    GET /models is idempotent, yet the probe is not resent and /readyz flips to 503 for 2 s."""
+    from gateway.config import BackendConfig
+    from gateway.providers import openai as prov
+    body = json.dumps({"object": "list", "data": [{"id": "m"}]}).encode()
+    async def script(n: int, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+        if n == 2:  # the reused connection: dropped with no reply, right after the request came
+            return False
+        w.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body) + body)
+        await w.drain()
+        return True
+    async with _Raw(script) as up:
+        p = prov.OpenAIProvider("up", BackendConfig(base_url=up.url))
+        try:
+            assert await p.ready() is True           # connection 1, pooled
+            monkeypatch.setattr(prov, "_READY_CACHE_S", 0.0)
+            p._ready_at = -1e9
+            assert await p.ready() is True, "a stale pooled connection made the upstream look down"
+        finally:
+            await p.aclose()
+
+
+async def test_a_wait_cut_by_the_deadline_says_so(make_upstream: Any) -> None:
+    import time
+
+    from gateway.providers.http1 import ReadTimeout
+
+    up = make_upstream(latency_s=2.0)
+    pool = HTTP1Pool(up.url)
+    try:
+        with pytest.raises(ReadTimeout, match="time limit"):  # not "sent nothing within the read timeout"
+            await pool.request(b"POST", "/chat/completions", HEADERS, BODY, 30.0, time.monotonic() + 0.2)
+        with pytest.raises(ReadTimeout, match="read timeout"):
+            await pool.request(b"POST", "/chat/completions", HEADERS, BODY, 0.2, time.monotonic() + 30)
+    finally:
+        pool.close()

@@ -94,3 +94,28 @@ def test_errors_total_has_no_python_none_label(make_upstream: Any, make_proxy: A
         http.post("/v1/chat/completions", json={"model": "test-model", "messages": []})
         text = http.get("/metrics").text
     assert 'code="None"' not in text
+
+
+def test_upstream_seconds_is_timed_under_the_backend_that_answered(make_upstream: Any, make_proxy: Any) -> None:
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    dead = s.getsockname()[1]
+    s.close()  # nothing listens there
+    up = make_upstream()
+    cfg = upstream_config(up.url)
+    cfg["backends"]["dead"] = {"type": "openai", "base_url": f"http://127.0.0.1:{dead}/v1",
+                               "retries": {"max_attempts": 1}}
+    cfg["models"] = [{"match": "fo-*", "backends": ["dead", "up1"], "upstream_model": "test-model"}]
+    proxy = make_proxy(cfg)
+    with proxy.http() as http:
+        for stream in (False, True):
+            r = http.post("/v1/chat/completions", json={"model": "fo-1", "stream": stream,
+                                                        "messages": [{"role": "user", "content": "a"}]})
+            assert r.status_code == 200
+        text = http.get("/metrics").text
+    counts = {ln.split("{")[1].split("}")[0]: float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
+              if ln.startswith("promptwire_upstream_seconds_count{")}
+    assert counts.get('backend="up1"') == 2  # both answered by up1 (one whole, one streamed)
+    assert counts.get('backend="dead"') == 2  # and both failed attempts on dead timed too
