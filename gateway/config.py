@@ -137,6 +137,11 @@ class BackendConfig(_Strict):
     working directory; checked at load. None: the system's trust store (or $SSL_CERT_FILE)."""
     tls_verify: bool = True
     """False: do not verify the upstream's certificate (https). Insecure; a warning is logged at start."""
+    model_path: str | None = None
+    """Type local: checkpoint directory or id."""
+    structured_choice: Literal["structured_outputs", "guided_choice"] | None = None
+    """Type openai: how the upstream constrains output to one of a list (trie labels). vLLM >= 0.12:
+    ``structured_outputs``; older vLLM: ``guided_choice``; None: it cannot (labels get a clear 400)."""
 
     @field_validator("tls_ca_file")
     @classmethod
@@ -163,12 +168,6 @@ class BackendConfig(_Strict):
             if not val.isprintable():
                 raise ValueError(f"header {k!r}: the value has control characters (CR, LF, ...)")
         return v
-    model_path: str | None = None
-    """Type local: checkpoint directory or id."""
-    structured_choice: Literal["structured_outputs", "guided_choice"] | None = None
-    """Type openai: how the upstream constrains output to one of a list (trie labels). vLLM >= 0.12:
-    ``structured_outputs``; older vLLM: ``guided_choice``; None: it cannot (labels get a clear 400)."""
-
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, v: str | None) -> str | None:

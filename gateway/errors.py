@@ -55,6 +55,11 @@ class PromptwireError(Exception):
         if code is not None:
             self.code = code
 
+    @property
+    def label(self) -> str:
+        """The error's name in metrics and log fields: its OpenAI code, else its type."""
+        return str(self.code or self.error_type)
+
     def to_openai(self) -> dict[str, Any]:
         """The body OpenAI's API returns for an error."""
         return {

@@ -111,7 +111,7 @@ async def _status(
     try:
         yield
     except PromptwireError as exc:
-        code = str(exc.code or exc.error_type)
+        code = exc.label
         metrics.errors.labels(str(exc.http_status), code).inc()
         if call is None:  # ListModels, Compress: the id is only needed now
             call = _Call(request_id=_request_id(context, ""))

@@ -77,11 +77,6 @@ def _param_of(err: Mapping[str, Any], data: Any) -> str:
     return out
 
 
-def _error_code(exc: PromptwireError) -> str:
-    """The metrics label for an error: its OpenAI code, else its type."""
-    return str(exc.code or exc.error_type)
-
-
 _RID_PREFIX = uuid.uuid4().hex[:16]
 _rid_counter = itertools.count(1)
 
@@ -238,8 +233,8 @@ class _Generate:
             except PromptwireError as e:
                 # headers are gone: end the stream with an error event (and no [DONE]) so SDKs raise
                 status = e.http_status
-                error_log(logger, "http", request_id, e.http_status, _error_code(e), e.message, started=True)
-                self.gw.metrics.errors.labels(str(e.http_status), _error_code(e)).inc()
+                error_log(logger, "http", request_id, e.http_status, e.label, e.message, started=True)
+                self.gw.metrics.errors.labels(str(e.http_status), e.label).inc()
                 payload = json.dumps(e.to_openai(), separators=(",", ":")).encode()
                 await send({"type": "http.response.body", "body": b"data: " + payload + b"\n\n",
                             "more_body": False})
@@ -295,8 +290,8 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
 def _error_to_response(gateway: Gateway, exc: Exception, rid: str | None) -> Response:
     """The HTTP exception handler: any exception before the response started -> OpenAI error JSON."""
     if isinstance(exc, PromptwireError):
-        gateway.metrics.errors.labels(str(exc.http_status), _error_code(exc)).inc()
-        error_log(logger, "http", rid, exc.http_status, _error_code(exc), exc.message)
+        gateway.metrics.errors.labels(str(exc.http_status), exc.label).inc()
+        error_log(logger, "http", rid, exc.http_status, exc.label, exc.message)
         return error_response(exc, rid)
     rid_header = {"x-request-id": rid} if rid else {}
     if isinstance(exc, HTTPException):
@@ -349,10 +344,13 @@ def create_app(gateway: Gateway, *, extra_routes: Sequence[BaseRoute] = (), vers
         "/v1/completions": _Generate(gateway, "completion"),
     }
 
+    def request_rid(request: Request) -> str:
+        """The id of a Starlette-routed request (the hot routes read the headers themselves)."""
+        return _request_id(request.headers.get("x-request-id", "").encode("latin-1") or None)
+
     def request_key(request: Request) -> ApiKey | None:
-        """Authenticate a Starlette-routed request (the hot routes read the headers themselves)."""
-        rid = _request_id(request.headers.get("x-request-id", "").encode("latin-1") or None)
-        request.scope["promptwire.request_id"] = rid
+        """Authenticate a Starlette-routed request (its id noted first, for the error answer)."""
+        request.scope["promptwire.request_id"] = request_rid(request)
         auth = request.headers.get("authorization")
         token = request.headers.get("x-api-key")
         if auth is not None:
@@ -395,9 +393,7 @@ def create_app(gateway: Gateway, *, extra_routes: Sequence[BaseRoute] = (), vers
         return JSONResponse(result, headers={"x-request-id": rid})
 
     async def on_error(request: Request, exc: Exception) -> Response:
-        rid = request.scope.get("promptwire.request_id")
-        if rid is None:
-            rid = _request_id(request.headers.get("x-request-id", "").encode("latin-1") or None)
+        rid = request.scope.get("promptwire.request_id") or request_rid(request)
         return _error_to_response(gateway, exc, rid)
 
     routes: list[BaseRoute] = [

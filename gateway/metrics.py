@@ -43,7 +43,8 @@ class Metrics:
             buckets=_LATENCY_BUCKETS, registry=r,
         )
         self.upstream_seconds = Histogram(
-            "promptwire_upstream_seconds", "Time waiting on the provider: the whole call, or until the first chunk of a stream",
+            "promptwire_upstream_seconds",
+            "Time waiting on the provider per attempt: the whole call, or until the first chunk of a stream",
             ["backend"], buckets=_LATENCY_BUCKETS, registry=r,
         )
         self.overhead_seconds = Histogram(

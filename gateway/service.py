@@ -470,25 +470,8 @@ class Gateway:
         ``traceparent`` there makes this request's spans part of the client's trace."""
         t0 = req.received_at or time.perf_counter()
         rt = self.tracer.request(req, trace_headers) if self.tracer.enabled else None
-        try:
-            self._admit()
-            try:
-                deadline = self._deadline(req)
-                remaining = None if deadline is None else deadline - time.monotonic()
-                try:
-                    async with asyncio.timeout(remaining):
-                        req2, route, stats = await self._prepare(req, deadline, rt)
-                        t1 = time.perf_counter()
-                        completion = await self._call(req2, route, rt)
-                        t2 = time.perf_counter()
-                except TimeoutError:
-                    raise RequestTimeout(f"request did not finish within {remaining:.3g} s") from None
-            finally:
-                self._release()
-        except BaseException as e:
-            if rt is not None:
-                rt.fail(e)
-            raise
+        completion, stats, _, t1, t2 = await self._admitted(
+            req, rt, self._call, "request did not finish", hold=False)
         t3 = time.perf_counter()
         overhead_ms = ((t1 - t0) + (t3 - t2)) * 1000
         m = self.metrics
@@ -501,6 +484,38 @@ class Gateway:
         if rt is not None:
             rt.end(completion, overhead_ms)
         return completion, stats, overhead_ms
+
+    async def _admitted(
+        self, req: GatewayRequest, rt: RequestTrace | None,
+        upstream: Callable[[GatewayRequest, _Route, RequestTrace | None], Awaitable[T]], what: str, *, hold: bool,
+    ) -> tuple[T, list[StageStats], float | None, float, float]:
+        """Admit the request (in-flight limit), then within its deadline run the checks and stages and
+        ``upstream``. Returns upstream's result, the stages' stats, the deadline, and when the
+        upstream call began and ended (``perf_counter``). The in-flight slot is released on the way out,
+        or kept on success when ``hold`` (a stream releases it at its end); failures reach the trace."""
+        try:
+            self._admit()
+            try:
+                deadline = self._deadline(req)
+                remaining = None if deadline is None else deadline - time.monotonic()
+                try:
+                    async with asyncio.timeout(remaining):
+                        req2, route, stats = await self._prepare(req, deadline, rt)
+                        t1 = time.perf_counter()
+                        result = await upstream(req2, route, rt)
+                        t2 = time.perf_counter()
+                except TimeoutError:
+                    raise RequestTimeout(f"{what} within {remaining:.3g} s") from None
+            except BaseException:
+                self._release()
+                raise
+        except BaseException as e:
+            if rt is not None:
+                rt.fail(e)
+            raise
+        if not hold:
+            self._release()
+        return result, stats, deadline, t1, t2
 
     def _note_failover(self, req: GatewayRequest, route: _Route, prov: Provider, e: PromptwireError) -> None:
         if prov is not route.providers[-1]:  # the last one has nowhere to fail over to
@@ -535,26 +550,9 @@ class Gateway:
         as for :meth:`generate`."""
         t0 = req.received_at or time.perf_counter()
         rt = self.tracer.request(req, trace_headers) if self.tracer.enabled else None
-        try:
-            self._admit()
-            try:
-                deadline = self._deadline(req)
-                remaining = None if deadline is None else deadline - time.monotonic()
-                try:
-                    async with asyncio.timeout(remaining):
-                        req2, route, stats = await self._prepare(req, deadline, rt)
-                        t1 = time.perf_counter()
-                        it, first = await self._open_stream(req2, route, rt)
-                except TimeoutError:
-                    raise RequestTimeout(f"no response within {remaining:.3g} s") from None
-            except BaseException:
-                self._release()
-                raise
-        except BaseException as e:
-            if rt is not None:
-                rt.fail(e)
-            raise
-        t2 = time.perf_counter()  # the upstream's response head and first chunk are in
+        # held: the stream releases its in-flight slot when it ends
+        (it, first), stats, deadline, t1, t2 = await self._admitted(
+            req, rt, self._open_stream, "no response", hold=True)
         overhead_ms = (t1 - t0) * 1000
         m = self.metrics
         m.child(m.overhead_seconds, req.kind).observe(t1 - t0)

@@ -110,7 +110,7 @@ class _Conn(asyncio.Protocol):
         except httptools.HttpParserUpgrade:  # pragma: no cover - we never ask for upgrades
             self._fail(ProtocolError("unexpected protocol upgrade"))
         except httptools.HttpParserError as e:
-            if self.done or not self.in_request:
+            if self.done or not self.in_request:  # (pooled from a callback of this very feed)
                 # bytes after a complete response (garbage, or a response nobody asked for): the response
                 # stands, the connection cannot be trusted with another one
                 self.keep_alive = False
@@ -419,9 +419,8 @@ class HTTP1Pool:
         while True:
             while self._idle and not fresh:
                 c = self._idle.pop()
-                if not c.closed and not c.got_bytes:
+                if not c.closed:  # (bytes that came while it was idle closed it)
                     return c
-                c.close()
             if self._open < self.max_connections:
                 return await self._connect()
             if fresh and self._idle:

@@ -237,6 +237,13 @@ def _reply(body: bytes, *extra: bytes, version: bytes = b"HTTP/1.1", length: boo
     return b"\r\n".join(head) + b"\r\n\r\n" + body
 
 
+async def _answer_ok(n: int, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+    """A raw upstream script: every request gets a 200 with ``{}``; the connection stays open."""
+    w.write(_reply(b"{}"))
+    await w.drain()
+    return True
+
+
 async def _ask(pool: HTTP1Pool, **kw: Any) -> bytes:
     resp = await pool.request(b"POST", "/chat/completions", HEADERS, BODY, 5.0, **kw)
     try:
@@ -334,12 +341,7 @@ async def test_only_a_drop_right_after_the_write_counts_as_a_stale_connection(mo
 
 
 async def test_fresh_skips_idle_connections_and_keeps_the_cap() -> None:
-    async def script(n: int, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
-        w.write(_reply(b"{}"))
-        await w.drain()
-        return True
-
-    async with _Raw(script) as up:
+    async with _Raw(_answer_ok) as up:
         pool = HTTP1Pool(up.url, max_connections=2)
         try:
             await asyncio.gather(*[_ask(pool) for _ in range(2)])
@@ -378,12 +380,7 @@ async def test_done_without_the_terminating_chunk_gives_the_slot_back(monkeypatc
 
 
 async def test_a_spare_request_does_not_queue_behind_max_connections() -> None:
-    async def script(n: int, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
-        w.write(_reply(b"{}"))
-        await w.drain()
-        return True
-
-    async with _Raw(script) as up:
+    async with _Raw(_answer_ok) as up:
         pool = HTTP1Pool(up.url, max_connections=1)
         try:
             held = await pool.request(b"POST", "/chat/completions", HEADERS, BODY, 5.0)  # the only slot
@@ -396,12 +393,7 @@ async def test_a_spare_request_does_not_queue_behind_max_connections() -> None:
 
 
 async def test_the_base_url_query_goes_on_every_request() -> None:
-    async def script(n: int, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
-        w.write(_reply(b"{}"))
-        await w.drain()
-        return True
-
-    async with _Raw(script) as up:
+    async with _Raw(_answer_ok) as up:
         pool = HTTP1Pool(up.url + "/?api-version=2024-06-01")
         try:
             await _ask(pool)
