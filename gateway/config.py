@@ -139,6 +139,14 @@ class BackendConfig(_Strict):
     """False: do not verify the upstream's certificate (https). Insecure; a warning is logged at start."""
     model_path: str | None = None
     """Type local: checkpoint directory or id."""
+    device: str = "auto"
+    """Type local: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    """Type local: weights' dtype; ``auto``: float16 on CUDA, float32 on CPU."""
+    max_batch_size: int = Field(default=16, ge=1, le=1024)
+    """Type local: rows decoded together (a request with an auxiliary stream takes two)."""
+    max_context: int | None = Field(default=None, ge=2)
+    """Type local: prompt + output token limit; default: the model's own."""
     structured_choice: Literal["structured_outputs", "guided_choice"] | None = None
     """Type openai: how the upstream constrains output to one of a list (trie labels). vLLM >= 0.12:
     ``structured_outputs``; older vLLM: ``guided_choice``; None: it cannot (labels get a clear 400)."""

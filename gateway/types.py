@@ -83,6 +83,9 @@ class GatewayRequest:
     """Absolute time.monotonic() after which the request fails with RequestTimeout."""
     received_at: float = 0.0
     """time.perf_counter() when the front end received the request (for the overhead figure)."""
+    soft_prompt: Any = None
+    """A (n, d) tensor of input embeddings to place before the prompt's token embeddings (the
+    select_prompt stage's chosen soft prompt); only the ``local`` provider can honour it."""
 
     def prompt_text(self) -> str:
         """All prompt text concatenated (for size limits and token counts)."""
