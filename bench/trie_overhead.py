@@ -13,7 +13,7 @@ method's own processor is timed separately (the constraint's cost per step).
 
 Methods:
 - ``none``: unconstrained decoding (the baseline step time).
-- ``trie``: ours, ``decoders.processors.trie`` (canonical mode, labels tokenised after the real prompt),
+- ``trie``: ours, ``decoders.trie`` (canonical mode, labels tokenised after the real prompt),
   wrapped the way the engine applies it (allowed ids -> one scatter into a -inf row).
 - ``ptec``: PTEC's recipe, written here: labels tokenised ALONE into a dict trie, walked from the root over
   the generated ids at every step, plugged in through ``generate(prefix_allowed_tokens_fn=...)``.
@@ -46,8 +46,10 @@ from transformers import (
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from decoders.processors.base import DecoderContext  # noqa: E402
-from decoders.processors.trie import TrieProcessor, build  # noqa: E402
+from decoders.processor import DecoderContext  # noqa: E402
+from decoders.resources import ResourceCache  # noqa: E402
+from decoders.trie import build  # noqa: E402
+from decoders.trie.processor import TrieProcessor  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 
@@ -188,6 +190,7 @@ class Method:
 
     def __init__(self, name: str, model: Any, tok: Any, labels: list[str], max_new: int, llg_tok: Any = None) -> None:
         self.name, self.model, self.tok, self.labels, self.max_new = name, model, tok, labels, max_new
+        self.resources = ResourceCache(256 << 20)  # the engine's per-model cache: label tries built once
         self.label_set = set(labels)
         self.eos = tok.eos_token_id
         self.llg_tok = llg_tok
@@ -216,7 +219,8 @@ class Method:
         proc: Timed | None = None
         t = clock_now()
         if self.name == "trie":
-            ctx = DecoderContext(self.tok, model.config.vocab_size, frozenset({eos}), tuple(prompt), self.max_new)
+            ctx = DecoderContext(self.tok, model.config.vocab_size, frozenset({eos}), tuple(prompt), self.max_new,
+                                 resources=self.resources)
             proc = Timed(OursHF(build({"labels": self.labels}, ctx), n, eos))
         elif self.name == "llguidance":
             import llguidance

@@ -428,7 +428,7 @@ class StreamState:
 
     def _scores(self, data: Mapping[str, Any]) -> None:
         """Trie scoring mode: ``chunk["promptwire"]["label_scores"]`` = {label: {"prob", "logprob"}}
-        (decoders.trie_score.LabelScores.as_dict), or {label: logprob}."""
+        (decoders.trie.score.LabelScores.as_dict), or {label: logprob}."""
         ext = data.get("promptwire")
         scores = ext.get("label_scores") if isinstance(ext, dict) else None
         if not isinstance(scores, dict):

@@ -3,21 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
+import importlib
+import json
 import logging
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from decoders.engine import Engine, EngineConfig, EngineError, GenerationResult, SamplingParams, StreamDelta
-from decoders.processors import DECODERS, DecoderOptionError, Processor, build_processor
-from decoders.processors.trie import OPTIONS as TRIE_OPTIONS
-from decoders.processors.trie import LabelSpec
+import torch
+
+from decoders.engine import (
+    Engine,
+    EngineConfig,
+    EngineError,
+    GenerationResult,
+    SamplingParams,
+    StreamDelta,
+    Usage,
+)
+from decoders.processor import DecoderOptionError, Processor, ProcessorFactory
 from decoders.sampling import SamplingParamError
-from decoders.trie_score import LabelScores, score_labels
+from decoders.trie.index import label_index
+from decoders.trie.labels import LabelSpec, TrieOptions
+from decoders.trie.score import LabelScores, score_labels
 from gateway.errors import InvalidRequest, UpstreamError
 from gateway.types import Completion, GatewayRequest, ModelInfo, StreamChunk
 
@@ -25,9 +39,11 @@ if TYPE_CHECKING:
     from gateway.config import BackendConfig
     from gateway.metrics import Metrics
 
-__all__ = ["TINY_PREFIX", "LocalProvider", "resolve_model_source"]
+__all__ = ["DECODER_FACTORIES", "TINY_PREFIX", "LocalProvider", "resolve_model_source"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 TINY_PREFIX = "tiny:"
 """``model_path: tiny:llama`` (or gpt2, qwen2): a small deterministic stand-in built locally on first use."""
@@ -36,6 +52,19 @@ TINY_PREFIX = "tiny:"
 _UNSUPPORTED = ("tools", "functions", "tool_choice", "function_call", "logit_bias", "suffix", "best_of", "echo")
 _MAX_N = 16
 _P = "promptwire.decoder."
+
+DECODER_FACTORIES: dict[str, str] = {"trie": "decoders.trie:build"}
+"""Decoder name -> factory import path, until the gateway's stage/decoder table replaces it."""
+
+
+def _factory(name: str) -> ProcessorFactory:
+    path = DECODER_FACTORIES.get(name)
+    if path is None:
+        known = ", ".join(sorted(DECODER_FACTORIES))
+        raise InvalidRequest(f"unknown decoder {name!r} (available: {known})", param=_P + "name")
+    module, attr = path.split(":")
+    factory: ProcessorFactory = getattr(importlib.import_module(module), attr)
+    return factory
 
 
 def cache_dir() -> Path:
@@ -79,7 +108,7 @@ class LocalProvider:
         if not config.model_path:
             raise ValueError(f"backends.{name}: type local needs model_path (a directory or Hugging Face id)")
         self.name = name
-        self.decoders = frozenset(DECODERS)
+        self.decoders = frozenset(DECODER_FACTORIES)
         self._source = config.model_path
         self._models = tuple(config.models or (default_model_id(config.model_path),))
         if self._source.startswith(TINY_PREFIX):
@@ -91,12 +120,38 @@ class LocalProvider:
             )
         path = resolve_model_source(self._source)
         started = time.perf_counter()
-        self.engine = Engine.from_pretrained(path, EngineConfig())
+        engine_config = EngineConfig(max_batch_size=config.max_batch_size, max_context=config.max_context,
+                                     device=config.device, dtype=config.dtype)
+        try:
+            self.engine = Engine.from_pretrained(path, engine_config)
+        except ValueError as e:  # an unavailable device, a bad dtype
+            raise ValueError(f"backends.{name}: {e}") from None
         self.engine.start()
-        # Trie scoring runs the model on a worker thread beside the engine's; one at a time, so a burst
-        # of scoring requests cannot pile threads onto the cores the engine needs.
-        self._scoring_lock = asyncio.Lock()
-        logger.info("backend %s loaded %s in %.1f s", name, path, time.perf_counter() - started)
+        self.backend = name
+        self.tokenizer = self.engine.tokenizer
+        self.hidden_size = self.engine.hidden_size
+        self.fingerprint = _fingerprint(path, self.engine)
+        logger.info("backend %s loaded %s in %.1f s on %s (%s, max_batch_size %d, context %d)", name, path,
+                    time.perf_counter() - started, _device_name(self.engine.device),
+                    str(self.engine.dtype).removeprefix("torch."), engine_config.max_batch_size,
+                    self.engine.max_context)
+
+    # ---- ModelAccess (model-bound stages) -------------------------------------------------------
+
+    def encode(self, text: str) -> list[int]:
+        return self.engine.encode(text)
+
+    def chat_prompt(self, messages: Sequence[Mapping[str, Any]]) -> list[int]:
+        return self.engine.chat_prompt(messages)
+
+    def embed(self, ids: Sequence[int]) -> Any:
+        """(T, d) input embeddings on the model's device and dtype."""
+        return self.engine.embed(ids)
+
+    async def run_exclusive(self, fn: Callable[[Any], T]) -> T:
+        """``fn(model)`` on the engine thread between decode steps, in inference mode."""
+        with engine_errors():
+            return await self.engine.arun_exclusive(fn)
 
     # ---- Provider protocol ---------------------------------------------------------------------
 
@@ -115,33 +170,22 @@ class LocalProvider:
         if spec is not None:
             ids, scores = await self._score(req, prompts, n, spec)
             return Completion(self._scoring_body(req, ids, scores))
-        jobs = [
-            self._one(ids, _seeded(params, i), req)
-            for ids in prompts
-            for i in range(n)
-        ]
-        try:
-            results = await asyncio.gather(*jobs)
-        except EngineError as e:
-            raise UpstreamError(f"local model failed: {e}") from None
-        prompt_tokens = sum(len(ids) for ids in prompts)
-        completion_tokens = sum(r.usage.completion_tokens for r in results)
-        choices = [self._choice(req, i, r) for i, r in enumerate(results)]
+        jobs = await self._jobs(req, prompts, params, n)
+        with engine_errors():
+            results = await asyncio.gather(
+                *(self.engine.agenerate(ids, p, proc, soft_prompt=req.soft_prompt) for ids, p, proc in jobs)
+            )
         body: dict[str, Any] = {
             "id": _response_id(req),
             "object": "chat.completion" if req.kind == "chat" else "text_completion",
             "created": int(time.time()),
             "model": req.model,
-            "choices": choices,
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
+            "choices": [self._choice(req, i, r) for i, r in enumerate(results)],
+            "usage": _usage([r.usage for r in results], n),
         }
-        stats = [dict(r.processor_stats) for r in results if r.processor_stats]
-        if stats:
-            body["promptwire"] = {"decoder": stats[0] if len(stats) == 1 else stats}
+        stats = _decoder_stats([r.processor_stats for r in results], jobs)
+        if stats is not None:
+            body["promptwire"] = {"decoder": stats}
         return Completion(body)
 
     async def generate_stream(self, req: GatewayRequest) -> AsyncIterator[StreamChunk]:
@@ -152,37 +196,52 @@ class LocalProvider:
             for data in _scoring_chunks(req, self._scoring_body(req, ids, scores)):
                 yield StreamChunk(data)
             return
-        if len(prompts) * n != 1:
-            raise InvalidRequest("streaming supports one prompt and n=1 on the local provider", param="n")
-        ids = prompts[0]
-        proc = await self._aprocessor(req, ids, params)
+        jobs = await self._jobs(req, prompts, params, n)  # decoder option errors before the first chunk
         rid, created = _response_id(req), int(time.time())
         chat = req.kind == "chat"
         obj = "chat.completion.chunk" if chat else "text_completion"
 
-        def chunk(choice: dict[str, Any], usage: dict[str, Any] | None = None) -> StreamChunk:
-            data: dict[str, Any] = {"id": rid, "object": obj, "created": created, "model": req.model,
-                                    "choices": [choice] if choice else []}
-            if usage is not None:
-                data["usage"] = usage
-            return StreamChunk(data)
+        def chunk(choice: dict[str, Any] | None, **extra: Any) -> StreamChunk:
+            return StreamChunk({"id": rid, "object": obj, "created": created, "model": req.model,
+                                "choices": [choice] if choice else [], **extra})
 
         if chat:
-            yield chunk({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                         "finish_reason": None})
-        last: StreamDelta | None = None
-        try:
-            async for delta in self.engine.stream(ids, params, proc):
-                last = delta
-                if delta.text or delta.finish_reason is not None:
-                    yield chunk(self._stream_choice(chat, delta, params))
-        except EngineError as e:
-            raise UpstreamError(f"local model failed mid-stream: {e}") from None
+            for i in range(len(jobs)):
+                yield chunk({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                             "finish_reason": None})
+        usages: dict[int, Usage] = {}
+        stats: dict[int, Mapping[str, Any]] = {}
+        streams = [self.engine.stream(ids, p, proc, soft_prompt=req.soft_prompt) for ids, p, proc in jobs]
+        with engine_errors(" mid-stream"):
+            async for i, delta in _interleave(streams):
+                if delta.finish_reason is None:
+                    if delta.text:
+                        yield chunk(self._stream_choice(chat, i, delta, params))
+                    continue
+                usages[i] = delta.usage or Usage(0, 0)
+                stats[i] = delta.processor_stats or {}
+                extra: dict[str, Any] = {}
+                if len(usages) == len(jobs):  # the last choice to finish carries the decoder stats
+                    summary = _decoder_stats([stats[k] for k in range(len(jobs))], jobs)
+                    if summary is not None:
+                        extra["promptwire"] = {"decoder": summary}
+                yield chunk(self._stream_choice(chat, i, delta, params), **extra)
         opts = req.params.get("stream_options")
-        if isinstance(opts, Mapping) and opts.get("include_usage") and last is not None and last.usage:
-            u = last.usage
-            yield chunk({}, {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-                             "total_tokens": u.total_tokens})
+        if isinstance(opts, Mapping) and opts.get("include_usage") and len(usages) == len(jobs):
+            yield chunk(None, usage=_usage([usages[k] for k in range(len(jobs))], n))
+
+    async def _jobs(self, req: GatewayRequest, prompts: list[list[int]], params: SamplingParams,
+                    n: int) -> list[tuple[list[int], SamplingParams, Processor | None]]:
+        """One (prompt, sampling, processor) per choice, choice index = prompt index * n + sample index."""
+        jobs = []
+        for ids in prompts:
+            for i in range(n):
+                p = _seeded(params, i)
+                proc = await self._aprocessor(req, ids, p)
+                with engine_errors():
+                    self.engine.check(ids, p, proc, req.soft_prompt)
+                jobs.append((ids, p, proc))
+        return jobs
 
     # ---- request translation -------------------------------------------------------------------
 
@@ -275,20 +334,12 @@ class LocalProvider:
         if not req.decoder:
             return None
         name = str(req.decoder.get("name"))
-        # ``scoring`` is the provider's business (validated by _scoring_spec; false here): the trie's
-        # processor only generates.
-        options = {k: v for k, v in req.decoder.items() if k != "name" and not (name == "trie" and k == "scoring")}
-        try:
-            return build_processor(name, options, self.engine.decoder_context(ids, params))
-        except DecoderOptionError as e:
-            raise InvalidRequest(str(e), param=e.param) from None
-
-    async def _one(self, ids: list[int], params: SamplingParams, req: GatewayRequest) -> GenerationResult:
-        proc = await self._aprocessor(req, ids, params)
-        try:
-            return await self.engine.agenerate(ids, params, proc)
-        except SamplingParamError as e:
-            raise InvalidRequest(str(e), param=e.param) from None
+        options = {k: v for k, v in req.decoder.items() if k != "name"}
+        messages = [{"role": m.role, "content": m.text()} for m in req.messages] if req.kind == "chat" else None
+        n_soft = 0 if req.soft_prompt is None else int(req.soft_prompt.shape[0])
+        ctx = self.engine.decoder_context(ids, params, messages, n_soft)
+        with engine_errors():
+            return _factory(name)(options, ctx)
 
     # ---- trie scoring mode ---------------------------------------------------------------------
 
@@ -304,14 +355,21 @@ class LocalProvider:
             raise InvalidRequest("logprobs are not available in trie scoring mode; promptwire.label_scores "
                                  "carries every label's log-probability", param="logprobs")
         ids = prompts[0]
+        soft = req.soft_prompt
+        with engine_errors(" while scoring labels"):
+            self.engine.check(ids, SamplingParams(max_tokens=1), None, soft)
         started = time.perf_counter()
-        async with self._scoring_lock:
+        tok, resources = self.engine.tokenizer, self.engine.resources
+        with engine_errors(" while scoring labels"):
+            # the label trie is built (tokenised in context) off the engine thread and kept in the model's
+            # resource cache; only the forward passes run on the engine thread, between decode steps
+            await asyncio.to_thread(label_index, spec, tok, ids, resources)
             try:
-                scores = await asyncio.to_thread(score_labels, self.engine.model, self.engine.tokenizer, ids,
-                                                 spec.labels)
-            except DecoderOptionError as e:  # e.g. a label this tokenizer cannot spell
-                raise InvalidRequest(str(e), param=e.param) from None
+                scores = await self.engine.arun_exclusive(
+                    lambda model: score_labels(model, tok, ids, spec.labels, resources=resources, soft_prompt=soft))
             except (RuntimeError, ValueError) as e:
+                if isinstance(e, DecoderOptionError):
+                    raise
                 raise UpstreamError(f"local model failed while scoring labels: {e}") from None
         logger.debug("request %s: scored %d labels (%d trie tokens) in %.1f ms", req.request_id,
                      len(spec.labels), scores.forwarded_tokens, 1000 * (time.perf_counter() - started),
@@ -355,43 +413,26 @@ class LocalProvider:
         return {"index": index, "text": r.text, "logprobs": _completion_logprobs(r) if r.logprobs else None,
                 "finish_reason": finish}
 
-    def _stream_choice(self, chat: bool, d: StreamDelta, params: SamplingParams) -> dict[str, Any]:
+    def _stream_choice(self, chat: bool, index: int, d: StreamDelta, params: SamplingParams) -> dict[str, Any]:
         finish = None if d.finish_reason is None else ("length" if d.finish_reason == "length" else "stop")
         if chat:
-            choice: dict[str, Any] = {"index": 0, "delta": {"content": d.text} if d.text else {},
+            choice: dict[str, Any] = {"index": index, "delta": {"content": d.text} if d.text else {},
                                       "logprobs": None, "finish_reason": finish}
             if d.logprobs and params.top_logprobs is not None:
                 choice["logprobs"] = {"content": [_chat_logprob(lp) for lp in d.logprobs]}
             return choice
-        return {"index": 0, "text": d.text, "logprobs": None, "finish_reason": finish}
+        return {"index": index, "text": d.text, "logprobs": None, "finish_reason": finish}
 
 
 def _scoring_spec(decoder: Mapping[str, Any] | None) -> LabelSpec | None:
     """The validated labels when the request asks for the trie's scoring mode, else None."""
     if not decoder or decoder.get("name") != "trie" or "scoring" not in decoder:
         return None
-    scoring = decoder["scoring"]
-    if not isinstance(scoring, bool):
-        raise InvalidRequest("scoring must be true or false", param=_P + "scoring")
-    if not scoring:
-        return None
-    unknown = sorted(set(decoder) - TRIE_OPTIONS - {"name", "scoring"})
-    if unknown:
-        raise InvalidRequest(f"unknown trie option {unknown[0]!r}", param=_P + unknown[0])
-    if "labels" not in decoder:
-        raise InvalidRequest("the trie decoder needs labels", param=_P + "labels")
     try:
-        spec = LabelSpec.parse(decoder["labels"], decoder.get("mode", "canonical"), decoder.get("separator"),
-                               decoder.get("max_labels"))
+        opts = TrieOptions.parse(decoder)
     except DecoderOptionError as e:
         raise InvalidRequest(str(e), param=e.param) from None
-    if spec.separator is not None:
-        raise InvalidRequest("scoring mode gives each single label's probability; it cannot be combined with "
-                             "multi-label output (separator / max_labels)", param=_P + "separator")
-    if spec.mode != "canonical":
-        raise InvalidRequest("scoring mode scores each label's canonical tokenisation in context; mode must be "
-                             "canonical (the default)", param=_P + "mode")
-    return spec
+    return opts.spec if opts.scoring else None
 
 
 def _scoring_chunks(req: GatewayRequest, body: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -417,6 +458,94 @@ def _scoring_chunks(req: GatewayRequest, body: Mapping[str, Any]) -> list[dict[s
     if isinstance(opts, Mapping) and opts.get("include_usage"):
         chunks.append({**head, "object": obj, "choices": [], "usage": body["usage"]})
     return chunks
+
+
+@contextlib.contextmanager
+def engine_errors(during: str = "") -> Iterator[None]:
+    """Map the engine's errors to gateway errors (as ``upstream_errors`` does for upstreams): bad sampling
+    values and decoder options name their parameter (400); a failure inside the engine is an upstream error."""
+    try:
+        yield
+    except (SamplingParamError, DecoderOptionError) as e:
+        raise InvalidRequest(str(e), param=e.param) from None
+    except EngineError as e:
+        raise UpstreamError(f"local model failed{during}: {e}") from None
+
+
+async def _interleave(streams: Sequence[AsyncIterator[StreamDelta]]) -> AsyncIterator[tuple[int, StreamDelta]]:
+    """Deltas of several engine streams as they come, tagged with their stream's index. Leaving early (or
+    one stream failing) closes every stream, which cancels its request."""
+    if len(streams) == 1:
+        async for delta in streams[0]:
+            yield 0, delta
+        return
+    queue: asyncio.Queue[tuple[int, StreamDelta | None, BaseException | None]] = asyncio.Queue()
+
+    async def pump(i: int, stream: AsyncIterator[StreamDelta]) -> None:
+        try:
+            async for delta in stream:
+                queue.put_nowait((i, delta, None))
+            queue.put_nowait((i, None, None))
+        except Exception as exc:
+            queue.put_nowait((i, None, exc))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        running = len(tasks)
+        while running:
+            i, item, exc = await queue.get()
+            if exc is not None:
+                raise exc
+            if item is None:
+                running -= 1
+                continue
+            yield i, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _usage(usages: Sequence[Usage], n: int) -> dict[str, Any]:
+    """OpenAI usage for choices in job order (n per prompt): each prompt counted once; auxiliary-stream
+    prefill (a USCD lame prompt) as ``aux_prompt_tokens`` when there was any."""
+    prompt = sum(u.prompt_tokens for k, u in enumerate(usages) if k % n == 0)
+    completion = sum(u.completion_tokens for u in usages)
+    out: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                           "total_tokens": prompt + completion}
+    aux = sum(u.aux_prompt_tokens for u in usages)
+    if aux:
+        out["aux_prompt_tokens"] = aux
+    return out
+
+
+def _decoder_stats(stats: Sequence[Mapping[str, Any]], jobs: Sequence[tuple[Any, Any, Processor | None]]) -> Any:
+    """``promptwire.decoder``: one choice's stats as an object, several as a list in choice order; None
+    without a decoder."""
+    if all(proc is None for _, _, proc in jobs):
+        return None
+    return dict(stats[0]) if len(stats) == 1 else [dict(s) for s in stats]
+
+
+def _fingerprint(path: str, engine: Engine) -> str:
+    """A stable id of the weights and the tokenizer: shapes, dtypes and a strided sample of every parameter,
+    and the vocabulary; equal for equal checkpoints wherever they are loaded from, cheap for large ones."""
+    h = hashlib.sha256()
+    for name, param in engine.model.state_dict().items():
+        flat = param.detach().reshape(-1)
+        step = max(1, flat.numel() // 4096)
+        h.update(f"{name}:{tuple(param.shape)}:{param.dtype}".encode())
+        h.update(flat[::step].to("cpu", torch.float32).numpy().tobytes())
+    vocab = sorted(engine.tokenizer.get_vocab().items())
+    h.update(json.dumps(vocab, ensure_ascii=False).encode())
+    h.update(str(getattr(engine.tokenizer, "chat_template", "") or "").encode())
+    return h.hexdigest()[:32]
+
+
+def _device_name(device: Any) -> str:
+    if getattr(device, "type", "") == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
 
 
 def _seeded(params: SamplingParams, i: int) -> SamplingParams:

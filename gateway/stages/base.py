@@ -21,7 +21,7 @@ RESERVED_STAGES: tuple[str, ...] = ("condense_history", "select_prompt", "conjug
 """Stage names the extension object accepts; those without an entry in STAGES are not built yet."""
 RESERVED_DECODERS: tuple[str, ...] = ("trie", "uscd", "decog")
 IMPLEMENTED_DECODERS: frozenset[str] = frozenset({"trie"})
-"""The reserved decoders this version can run (decoders.processors.DECODERS; a test keeps them equal)."""
+"""The reserved decoders this version can run (the local provider's DECODER_FACTORIES; a test keeps them equal)."""
 """Decoder names ``promptwire.decoder.name`` accepts."""
 
 

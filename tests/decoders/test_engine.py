@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from decoders.engine import Engine, EngineConfig, SamplingParamError, SamplingParams
-from decoders.processors.base import Processor
+from decoders.processor import Processor
 from decoders.tiny import corpus
 
 
@@ -207,30 +207,37 @@ def test_allowed_set_is_respected_under_sampling(tiny_lm) -> None:
 
 
 class AuxRecorder(Processor):
-    """Opens an aux stream and records its logits at every step."""
+    """Opens an aux stream and records its logits at every ``every``-th step."""
 
-    def __init__(self, aux: list[int]) -> None:
+    def __init__(self, aux: list[int], lazy: bool = False, every: int = 1) -> None:
         self.aux = aux
-        self.seen: list[torch.Tensor] = []
+        self.aux_lazy = lazy
+        self.every = every
+        self.seen: list[tuple[int, torch.Tensor]] = []
         self.tokens: list[int] = []
+        self.forwards = 0
 
     def aux_prompt_ids(self):
         return self.aux
 
-    def process(self, logits, aux_logits):
-        self.seen.append(aux_logits.clone())
+    def process(self, logits, aux):
+        if len(self.tokens) % self.every == 0:
+            self.seen.append((len(self.tokens), aux.logits().clone()))
+            assert aux.logits() is aux.logits()  # asked twice in a step: one forward
+        self.forwards = aux.forwards
         return logits
 
     def advance(self, token_id: int) -> None:
         self.tokens.append(token_id)
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
-def test_aux_stream_runs_in_lockstep_on_generated_tokens(tiny_lm, family: str) -> None:
+@pytest.mark.parametrize(("family", "lazy", "every"), [("llama", False, 1), ("gpt2", False, 1), ("llama", True, 3),
+                                                       ("gpt2", True, 1), ("qwen2", True, 4)])
+def test_aux_stream_runs_in_lockstep_on_generated_tokens(tiny_lm, family: str, lazy: bool, every: int) -> None:
     model, tok = tiny_lm(family)
     ids = prompts(tok, 6, seed=5)
     engine = Engine(model, tok, EngineConfig(max_batch_size=5))
-    recs = [AuxRecorder(ids[(i + 3) % 6][:-1]) for i in range(3)]
+    recs = [AuxRecorder(ids[(i + 3) % 6][:-1], lazy, every) for i in range(3)]
     with_aux = [engine.submit(ids[i], SamplingParams(max_tokens=8, temperature=0), recs[i]) for i in range(3)]
     plain = [engine.submit(ids[i], SamplingParams(max_tokens=8, temperature=0)) for i in range(3, 6)]
     results = [h.result() for h in with_aux + plain]
@@ -238,12 +245,31 @@ def test_aux_stream_runs_in_lockstep_on_generated_tokens(tiny_lm, family: str) -
         assert list(res.token_ids) == reference(model, ids[i], 8)  # aux rows do not disturb the main ones
     for rec, res in zip(recs, results[:3], strict=True):
         assert rec.tokens == list(res.token_ids)
-        assert len(rec.seen) == len(res.token_ids)
-        for t, aux_logits in enumerate(rec.seen):
+        asked = [t for t in range(len(res.token_ids)) if t % every == 0]
+        assert [t for t, _ in rec.seen] == asked
+        assert res.usage.aux_prompt_tokens == len(rec.aux)
+        if lazy:  # one catch-up forward per step that asked, none on the others
+            assert rec.forwards == len(asked)
+        for t, aux_logits in rec.seen:
             seq = torch.tensor([rec.aux + list(res.token_ids[:t])])
             with torch.no_grad():
                 expect = model(seq).logits[0, -1].float()
             torch.testing.assert_close(aux_logits, expect, atol=1e-4, rtol=1e-4)
+
+
+def test_lazy_aux_stream_never_asked_runs_no_forward(tiny_lm) -> None:
+    model, tok = tiny_lm("gpt2")
+    ids = prompts(tok, 1, seed=5)[0]
+
+    class NeverAsks(AuxRecorder):
+        def process(self, logits, aux):
+            self.forwards = aux.forwards
+            return logits
+
+    rec = NeverAsks(ids[:-2], lazy=True)
+    res = Engine(model, tok).generate(ids, SamplingParams(max_tokens=6, temperature=0), rec)
+    assert res.usage.aux_prompt_tokens == 0 and rec.forwards == 0
+    assert list(res.token_ids) == reference(model, ids, 6)
 
 
 def test_top_logprobs(tiny_lm) -> None:

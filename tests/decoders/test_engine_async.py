@@ -8,7 +8,7 @@ import time
 import pytest
 
 from decoders.engine import Engine, EngineConfig, EngineError, SamplingParams
-from decoders.processors.base import Processor
+from decoders.processor import Processor
 from decoders.tiny import corpus
 
 

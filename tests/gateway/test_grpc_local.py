@@ -9,12 +9,9 @@ from typing import Any
 import grpc
 import pytest
 
-from decoders.processors import DECODERS
 from decoders.tiny import build_tiny_causal_lm
 from protos.promptwire.v1 import common_pb2, gateway_pb2, options_pb2
 from tests.support.grpc_stub import grpc_stub
-
-pytestmark = pytest.mark.skipif("trie" not in DECODERS, reason="the trie decoder is not registered in DECODERS yet")
 
 LABELS = ["billing", "bug report", "feature request", "other", "Zürich office"]
 

@@ -13,13 +13,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from decoders.processors import DECODERS
 from decoders.tiny import build_tiny_causal_lm
 from protos.promptwire.v1 import common_pb2, gateway_pb2, options_pb2
 from tests.support.grpc_stub import grpc_stub
 from tests.support.proxy import RunningProxy
-
-pytestmark = pytest.mark.skipif("trie" not in DECODERS, reason="the trie decoder is not registered in DECODERS yet")
 
 # shared prefixes (bug / bug report / bugs), several tokens, Unicode
 LABELS = ["billing", "bug", "bug report", "bugs", "feature request", "other", "Zürich office", "日本語 ok"]

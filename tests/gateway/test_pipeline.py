@@ -157,8 +157,8 @@ def test_per_key_stages(make_upstream: Any, make_proxy: Any) -> None:
 
 
 def test_implemented_decoders_match_the_decoder_registry() -> None:
-    from decoders.processors import DECODERS
+    from gateway.providers.local import DECODER_FACTORIES
     from gateway.stages.base import IMPLEMENTED_DECODERS, RESERVED_DECODERS
 
-    assert frozenset(DECODERS) == IMPLEMENTED_DECODERS
+    assert frozenset(DECODER_FACTORIES) == IMPLEMENTED_DECODERS
     assert IMPLEMENTED_DECODERS <= set(RESERVED_DECODERS)

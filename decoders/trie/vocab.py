@@ -6,8 +6,9 @@ import json
 import logging
 import re
 from collections.abc import Sequence
-from functools import lru_cache
 from typing import Any
+
+from decoders.resources import ResourceCache
 
 __all__ = ["NEVER", "VocabBytes", "vocab_bytes"]
 
@@ -66,6 +67,12 @@ class VocabBytes:
                     self.ends.append([])
                 node = nxt
             self.ends[node].append(tid)
+
+    @property
+    def nbytes(self) -> int:
+        """Approximate memory held (for the resource cache's budget)."""
+        pieces = sum(len(p) + 40 for p in self.pieces if p is not None)
+        return pieces + len(self.children) * 200 + sum(len(c) for c in self.children) * 100
 
     def spell(self, ids: Sequence[int]) -> bytes | None:
         """The bytes a token sequence spells in the middle of a text, or None if it has a special token."""
@@ -182,11 +189,9 @@ def _token_bytes(tokenizer: Any) -> list[bytes | None]:
     return out
 
 
-@lru_cache(maxsize=8)
-def _cached(tokenizer: Any) -> VocabBytes:
-    return VocabBytes(tokenizer)
-
-
-def vocab_bytes(tokenizer: Any) -> VocabBytes:
-    """The (cached, per tokenizer object) :class:`VocabBytes`."""
-    return _cached(tokenizer)
+def vocab_bytes(tokenizer: Any, resources: ResourceCache | None = None) -> VocabBytes:
+    """The tokenizer's :class:`VocabBytes`, kept in the model's ``resources`` when given (built once per model)."""
+    if resources is None:
+        return VocabBytes(tokenizer)
+    vocab: VocabBytes = resources.get_or_build(("trie.vocab", id(tokenizer)), lambda: VocabBytes(tokenizer))
+    return vocab

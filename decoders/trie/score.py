@@ -11,7 +11,9 @@ from typing import Any
 
 import torch
 
-from decoders.trie_index import LabelSpec, label_index
+from decoders.resources import ResourceCache
+from decoders.trie.index import label_index
+from decoders.trie.labels import LabelSpec
 
 __all__ = ["LabelScores", "score_labels"]
 
@@ -48,7 +50,8 @@ def _cache_kwarg(model: Any) -> str:
 
 @torch.no_grad()
 def score_labels(model: Any, tokenizer: Any, prompt_ids: Sequence[int], labels: Sequence[str],
-                 chunk_nodes: int = 512) -> LabelScores:
+                 chunk_nodes: int = 512, resources: ResourceCache | None = None,
+                 soft_prompt: torch.Tensor | None = None) -> LabelScores:
     """Score every label after ``prompt_ids`` with one prefill and a tree-attention pass over the label trie.
 
     The trie's internal nodes (token prefixes shared by labels) are run once each, ``chunk_nodes`` at a
@@ -56,7 +59,7 @@ def score_labels(model: Any, tokenizer: Any, prompt_ids: Sequence[int], labels: 
     depth), so a prefix shared by a thousand labels costs one token of compute.
     """
     spec = LabelSpec.parse(labels, "canonical")
-    index = label_index(spec, tokenizer, prompt_ids)
+    index = label_index(spec, tokenizer, prompt_ids, resources)
     device = next(model.parameters()).device
     n_nodes = len(index.children)
     parent = [-1] * n_nodes
@@ -73,9 +76,14 @@ def score_labels(model: Any, tokenizer: Any, prompt_ids: Sequence[int], labels: 
             stack.append(child)
 
     prompt = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)  # (1, P)
-    out = model(input_ids=prompt, use_cache=True)
+    if soft_prompt is None:
+        out = model(input_ids=prompt, use_cache=True)
+    else:
+        soft = soft_prompt.to(device=device, dtype=next(model.parameters()).dtype)[None]  # (1, S, d)
+        out = model(inputs_embeds=torch.cat([soft, model.get_input_embeddings()(prompt)], dim=1),
+                    use_cache=True)  # (1, S+P, d) in
     cache = _cache_of(out)
-    n_prompt = prompt.shape[1]
+    n_prompt = prompt.shape[1] + (0 if soft_prompt is None else soft_prompt.shape[0])
     edge = [0.0] * n_nodes  # edge[c] = log p(token[c] | prompt, path to parent[c])
     root = torch.log_softmax(out.logits[0, -1].float(), -1)  # (V,)
     for tok, child in index.children[0].items():

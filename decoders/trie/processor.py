@@ -9,14 +9,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from decoders.processors.base import DecoderContext, Processor
-from decoders.trie_index import P_LABELS, LabelIndex, LabelSpec, TrieLabelError, label_index, normalize_labels
+from decoders.processor import DecoderContext, Processor
+from decoders.trie.index import LabelIndex, label_index
+from decoders.trie.labels import P_LABELS, P_SCORING, TrieLabelError, TrieOptions
 
-__all__ = ["OPTIONS", "LabelSpec", "TrieLabelError", "TrieProcessor", "build", "normalize_labels"]
+__all__ = ["TrieProcessor", "build"]
 
 logger = logging.getLogger(__name__)
 
-OPTIONS = frozenset({"labels", "mode", "separator", "max_labels"})
 _EMPTY = torch.empty(0, dtype=torch.int64)
 
 
@@ -153,17 +153,14 @@ class TrieProcessor(Processor):
 
 
 def build(options: Mapping[str, Any], ctx: DecoderContext) -> TrieProcessor:
-    """The ``DECODERS["trie"]`` factory: options ``labels`` (required), ``mode`` (``canonical`` | ``any``),
-    ``separator`` and ``max_labels`` (multi-label)."""
-    unknown = set(options) - OPTIONS - {"name"}
-    if unknown:
-        name = sorted(unknown)[0]
-        raise TrieLabelError(f"unknown trie option {name!r}", f"promptwire.decoder.{name}")
-    if "labels" not in options:
-        raise TrieLabelError("the trie decoder needs labels", P_LABELS)
-    spec = LabelSpec.parse(options["labels"], options.get("mode", "canonical"), options.get("separator"),
-                           options.get("max_labels"))
-    index = label_index(spec, ctx.tokenizer, ctx.prompt_ids)
+    """The trie decoder's factory: options ``labels`` (required), ``mode`` (``canonical`` | ``any``),
+    ``separator`` and ``max_labels`` (multi-label). ``scoring: true`` is the provider's business (it
+    scores instead of generating), so it never reaches here."""
+    opts = TrieOptions.parse(options)
+    if opts.scoring:
+        raise TrieLabelError("scoring mode is served by the provider, not by a generating decoder", P_SCORING)
+    spec = opts.spec
+    index = label_index(spec, ctx.tokenizer, ctx.prompt_ids, ctx.resources)
     longest = max(range(len(spec.labels)), key=index.min_tokens.__getitem__)
     if index.min_tokens[longest] > ctx.max_new_tokens:
         raise TrieLabelError(

@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from decoders.processors.trie import TrieLabelError
 from decoders.tiny import build_tiny_causal_lm
-from decoders.trie_score import score_labels
+from decoders.trie.labels import TrieLabelError
+from decoders.trie.score import score_labels
 
 LABELS = ["Positive", "Negative", "Neutral", "Pos", "Po", "日本語", "naïve café", "😀 emoji"] + [
     f"label {i} {w}" for i, w in enumerate(["model", "token", "über"] * 20)

@@ -4,91 +4,20 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
-from decoders.processors.base import DecoderOptionError
-from decoders.trie_vocab import NEVER, VocabBytes, vocab_bytes
+from decoders.resources import ResourceCache
+from decoders.trie.labels import P_LABELS, LabelSpec, TrieLabelError
+from decoders.trie.vocab import NEVER, VocabBytes, vocab_bytes
 
-__all__ = ["LabelIndex", "LabelSpec", "Transitions", "TrieLabelError", "label_index", "normalize_labels"]
+__all__ = ["LabelIndex", "Transitions", "label_index"]
 
 logger = logging.getLogger(__name__)
-
-Mode = Literal["any", "canonical"]
-MODES: tuple[Mode, ...] = ("any", "canonical")
-MAX_LABELS = 100_000
-P_LABELS = "promptwire.decoder.labels"
-P_SEPARATOR = "promptwire.decoder.separator"
-P_MAX = "promptwire.decoder.max_labels"
-P_MODE = "promptwire.decoder.mode"
-
-
-class TrieLabelError(DecoderOptionError):
-    """Bad trie options (empty / duplicate / too long labels, bad separator or count); ``param`` names it."""
-
-
-def normalize_labels(labels: Any) -> list[str]:
-    """Validate a label list (non-empty, strings, non-empty, no duplicates) and return it as a list.
-
-    Labels are kept exactly as given (no stripping, no Unicode normalisation): the output text must equal
-    one of them. Usable on its own, e.g. to map labels to an upstream's structured-output ``choice``.
-    """
-    if isinstance(labels, str | bytes) or not isinstance(labels, Sequence):
-        raise TrieLabelError("labels must be a list of strings", P_LABELS)
-    if not labels:
-        raise TrieLabelError("labels must not be empty", P_LABELS)
-    if len(labels) > MAX_LABELS:
-        raise TrieLabelError(f"at most {MAX_LABELS} labels are allowed, got {len(labels)}", P_LABELS)
-    seen: set[str] = set()
-    for i, label in enumerate(labels):
-        if not isinstance(label, str):
-            raise TrieLabelError(f"labels[{i}] must be a string", P_LABELS)
-        if not label:
-            raise TrieLabelError(f"labels[{i}] is empty", P_LABELS)
-        if label in seen:
-            raise TrieLabelError(f"duplicate label {label!r} (labels[{i}])", P_LABELS)
-        seen.add(label)
-    return list(labels)
-
-
-@dataclass(frozen=True)
-class LabelSpec:
-    """What the client asked for, validated."""
-
-    labels: tuple[str, ...]
-    mode: Mode = "canonical"
-    """``canonical``: only the tokenizer's own tokenisation of each label in context; ``any``: every
-    token sequence that spells it."""
-    separator: str | None = None
-    """Set for multi-label output: labels joined by this text, none repeated."""
-    max_labels: int = 1
-    """Most labels in one output (1 unless ``separator`` is set)."""
-
-    @classmethod
-    def parse(cls, labels: Any, mode: Any = "canonical", separator: Any = None, max_labels: Any = None) -> LabelSpec:
-        """Validate raw client options; raises :class:`TrieLabelError` naming the bad option."""
-        norm = normalize_labels(labels)
-        if mode not in MODES:
-            raise TrieLabelError(f"mode must be one of {', '.join(MODES)}, got {mode!r}", P_MODE)
-        if separator is not None:
-            if not isinstance(separator, str) or not separator:
-                raise TrieLabelError("separator must be a non-empty string", P_SEPARATOR)
-            for label in norm:
-                if separator in label:
-                    raise TrieLabelError(f"label {label!r} contains the separator {separator!r}", P_SEPARATOR)
-        if max_labels is None:
-            max_labels = len(norm) if separator is not None else 1
-        if isinstance(max_labels, bool) or not isinstance(max_labels, int) or max_labels < 1:
-            raise TrieLabelError("max_labels must be a positive integer", P_MAX)
-        if max_labels > 1 and separator is None:
-            raise TrieLabelError("max_labels > 1 needs a separator", P_SEPARATOR)
-        return cls(tuple(norm), mode, separator, min(max_labels, len(norm)))
-
 
 @dataclass(frozen=True)
 class Transitions:
@@ -164,6 +93,13 @@ class LabelIndex:
             for n in range(len(self.children)):
                 self._memo[n] = self._pack({t: (d, -1) for t, d in self.children[n].items()})
 
+    @property
+    def nbytes(self) -> int:
+        """Approximate memory held (for the resource cache's budget): nodes, edges and transition arrays."""
+        edges = sum(len(c) for c in self.children)
+        packed = sum(t.ids.nbytes * 3 + len(t.lookup) * 120 for t in list(self._memo.values()))
+        return len(self.children) * 200 + edges * 100 + sum(len(p) for p in self.paths) * 8 + packed
+
     def _pack(self, lookup: dict[int, tuple[int, int]]) -> Transitions:
         ids = np.fromiter(lookup.keys(), dtype=np.int64, count=len(lookup))
         dest = np.fromiter((v[0] for v in lookup.values()), dtype=np.int64, count=len(lookup))
@@ -206,21 +142,19 @@ class LabelIndex:
         return self._pack(out)
 
 
-_CACHE: OrderedDict[tuple[Any, ...], LabelIndex] = OrderedDict()
-_CACHE_LOCK = threading.Lock()
-CACHE_SIZE = 32
-
-
-def label_index(spec: LabelSpec, tokenizer: Any, prompt_ids: Sequence[int] = ()) -> LabelIndex:
-    """The index for ``spec`` after ``prompt_ids`` — cached by (labels, options, tokenizer, context)."""
-    vocab = vocab_bytes(tokenizer)
+def label_index(spec: LabelSpec, tokenizer: Any, prompt_ids: Sequence[int] = (),
+                resources: ResourceCache | None = None) -> LabelIndex:
+    """The index for ``spec`` after ``prompt_ids``; kept in the model's ``resources`` (when given) by
+    (labels, options, context), so a label set is tokenised and indexed once per model."""
+    vocab = vocab_bytes(tokenizer, resources)
     context = vocab.context_text(prompt_ids) if spec.mode == "canonical" else ""
-    key = (id(tokenizer), spec, context)
-    with _CACHE_LOCK:
-        hit = _CACHE.get(key)
-        if hit is not None:
-            _CACHE.move_to_end(key)
-            return hit
+    if resources is None:
+        return _build(spec, vocab, context)
+    index: LabelIndex = resources.get_or_build(("trie.index", spec, context), lambda: _build(spec, vocab, context))
+    return index
+
+
+def _build(spec: LabelSpec, vocab: VocabBytes, context: str) -> LabelIndex:
     if spec.mode == "canonical":
         first: list[list[int]] = vocab.canonical(context, spec.labels)
         rest = None
@@ -243,8 +177,4 @@ def label_index(spec: LabelSpec, tokenizer: Any, prompt_ids: Sequence[int] = ())
         rest_costs = None if rest is None else [vocab.suffix_costs(bytes(s))[0] for s in rest]
     index = LabelIndex(spec, vocab, first, rest, first_costs, rest_costs)
     logger.debug("built %s label index: %d labels, %d nodes", spec.mode, len(spec.labels), len(index.children))
-    with _CACHE_LOCK:
-        _CACHE[key] = index
-        while len(_CACHE) > CACHE_SIZE:
-            _CACHE.popitem(last=False)
     return index

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from decoders.engine import Engine, EngineConfig, SamplingParams
-from decoders.processors import build_processor
+from decoders.trie import build
 
 LABELS = ["Positive", "Negative", "Neutral", "Pos", "日本語", "naïve café", "😀 emoji", "model", "a", "ab"]
 OPTIONS = [
@@ -38,7 +38,7 @@ def test_batched_equals_alone_and_all_outputs_are_labels(tiny_lm, family: str) -
     reqs = requests(engine, 16)  # 16 requests through 8 rows: rows join and leave between steps
 
     def proc(prompt, params, options):
-        return build_processor("trie", options, engine.decoder_context(prompt, params))
+        return build(options, engine.decoder_context(prompt, params))
 
     alone = [engine.generate(p, s, proc(p, s, o)) for p, s, o in reqs]
     handles = [engine.submit(p, s, proc(p, s, o)) for p, s, o in reqs]

@@ -6,11 +6,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from decoders.processors.base import DecoderContext
-from decoders.processors.trie import TrieLabelError, TrieProcessor, build, normalize_labels
+from decoders.processor import DecoderContext
 from decoders.tiny import build_tiny_causal_lm
-from decoders.trie_index import LabelSpec, label_index
-from decoders.trie_vocab import vocab_bytes
+from decoders.trie import build
+from decoders.trie.index import label_index
+from decoders.trie.labels import LabelSpec, TrieLabelError, normalize_labels
+from decoders.trie.processor import TrieProcessor
+from decoders.trie.vocab import vocab_bytes
 
 LABELS = ["Positive", "Negative", "Neutral", "Pos", "日本語", "naïve café", "模型 提示", "😀 emoji", "model",
           "token label", "a", "ab", "abc"]
