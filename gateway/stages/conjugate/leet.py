@@ -4,13 +4,14 @@ Rules (docs/conjugate.md restates them with examples):
 
 - ``encode`` replaces a e i o s t (either case) by 4 3 1 0 5 7. Every other character — other
   letters with their case, digits, punctuation, spaces, any script — is kept as it is.
-- ``decode`` looks at words: maximal runs of letters and digits (any script). In a word that also
+- ``decode`` looks at words: maximal runs of letters and digits (any script), apostrophes inside
+  included (``5m17h'5``). In a word that also
   holds a Latin letter, the digits 4 3 1 0 5 7 become a e i o s t again; a run of digits alone
   (``2024``, ``3.14``, ``42``) and digits next to other scripts only (``2024年``) stay numbers.
 - Case of the restored letters: upper when the word's remaining cased letters are all upper and
   there are two of them or the word does not start with its only one (``7H3`` → ``THE``, ``4P1`` →
   ``API``); otherwise lower, except that a word starting with a restored letter at the start of a
-  sentence (start of text, after ``.`` ``!`` ``?`` and a space, or after a line break) is
+  sentence (start of text or line, or after ``.`` ``!`` ``?``, closing quotes and a space) is
   capitalised (``7h3 c47.`` → ``The cat.``).
 
 What the round trip loses (``decode(encode(x)) != x``):
@@ -32,8 +33,9 @@ __all__ = ["decode", "encode"]
 
 _ENCODE = str.maketrans("aeiostAEIOST", "431057431057")
 _DECODE = {"4": "a", "3": "e", "1": "i", "0": "o", "5": "s", "7": "t"}
-_WORD = re.compile(r"[^\W_]+")
+_WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")  # "5m17h'5" is one word
 _OPENERS = "\"'“‘«([{¿¡*_"
+_CLOSERS = "\"'”’»)]}*_"
 
 
 def encode(text: str) -> str:
@@ -54,7 +56,10 @@ def _sentence_start(text: str, start: int) -> bool:
         j -= 1
     if j == 0 or text[j - 1] in "\r\n":
         return True
-    return text[j - 1] in ".!?" and j < i  # "end. 7h3" but not "3.14" or "e.g.7"
+    k = j
+    while k > 0 and text[k - 1] in _CLOSERS:  # 'he said "no." 7h3n'
+        k -= 1
+    return k > 0 and text[k - 1] in ".!?" and j < i  # "end. 7h3" but not "3.14" or "e.g.7"
 
 
 def _decode_word(word: str, text: str, start: int) -> str:

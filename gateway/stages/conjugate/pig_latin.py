@@ -18,9 +18,10 @@ and each split of the consonants before ``ay``) and keeps those that encode back
 exactly. Several can: the round trip cannot tell ``as`` from ``was`` (both ``asway``), ``cats`` from
 ``scat`` (``atscay``), ``tarts`` from ``start`` (``artstay``). It picks, in order: the candidate
 among the ~500 common English words of ``COMMON_WORDS`` that ranks highest there; else the ``way``
-reading (a vowel-initial word); else the longest leading cluster that is a usual English onset,
-taking an ``s`` before another consonant into the cluster last (it is more often a plural's:
-``atscay`` → ``cats``); else the shortest cluster. Words that no word encodes to (no ``ay``
+reading (a vowel-initial word); else, among clusters that are usual English onsets, one that
+leaves a usual ending (``-ing -ed -ly -tion -ment -ness``: ``eadinglay`` → ``leading``, not
+``gleadin``), then the longest, taking an ``s`` before another consonant into the cluster last
+(it is more often a plural's: ``atscay`` → ``cats``); else the shortest cluster. Words that no word encodes to (no ``ay``
 ending, or no rotation that fits) are left unchanged.
 
 What the round trip loses: whatever that choice gets wrong — ``as`` comes back as ``was``, ``wet`` as
@@ -73,6 +74,10 @@ _ONSETS = frozenset(
     pn pr ps qu rh sc sch schr scr sh shr sk sl sm sn sp sph spl spr squ st str sw th thr tr tw wh wr""".split()
 )
 """Consonant clusters that start English words (``qu`` counted as one)."""
+
+
+_SUFFIXES = ("ing", "ed", "ly", "tion", "ment", "ness")
+"""Endings that make a candidate the likelier reading (``eadinglay``: ``leading``, not ``gleadin``)."""
 
 
 def _is_latin(word: str) -> bool:
@@ -143,7 +148,7 @@ def _choose(cands: list[tuple[str, int]]) -> str:
             return cand
     onsets = [(c, c[0][: c[1]].lower()) for c in cands if c[0][: c[1]].lower() in _ONSETS]
     if onsets:
-        return max(onsets, key=lambda o: (not _s_cluster(o[1]), o[0][1]))[0][0]
+        return max(onsets, key=lambda o: (o[0][0].lower().endswith(_SUFFIXES), not _s_cluster(o[1]), o[0][1]))[0][0]
     return min(cands, key=lambda c: c[1])[0]
 
 
