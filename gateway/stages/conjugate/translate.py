@@ -20,6 +20,7 @@ import asyncio
 import logging
 import re
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from gateway.stages.conjugate.languages import FLORES_CODE, canonical, english_name, flores, iso3
+from gateway.types import ChatMessage, GatewayRequest
 
 __all__ = [
     "INSTRUCTION",
@@ -38,6 +40,7 @@ __all__ = [
     "TranslatorError",
     "TranslatorUnavailable",
     "UnknownLanguage",
+    "provider_complete",
     "segments",
 ]
 
@@ -353,4 +356,20 @@ class SelfTranslator:
 
     async def aclose(self) -> None:
         return None
+
+
+def provider_complete(provider: Any, model: str) -> Complete:
+    """A ``Complete`` over a provider (the local one): a greedy chat request for ``model``."""
+
+    async def complete(messages: list[dict[str, str]], max_tokens: int) -> str:
+        req = GatewayRequest(
+            request_id=f"conjugate-self-{uuid.uuid4().hex[:12]}", kind="chat", model=model,
+            messages=tuple(ChatMessage.from_dict(m) for m in messages),
+            params={"max_tokens": max_tokens, "temperature": 0},
+        )
+        body = (await provider.generate(req)).body
+        content = body["choices"][0]["message"].get("content")
+        return content if isinstance(content, str) else ""
+
+    return complete
 
