@@ -34,7 +34,7 @@ def register(subparsers: Any) -> None:
     x = esub.add_parser("export", help="export a token-classification checkpoint to ONNX")
     x.add_argument("src", metavar="SRC", help="Hugging Face id or checkpoint directory")
     x.add_argument("--out", required=True, help="output directory")
-    x.add_argument("--int8", action="store_true", help="int8 dynamic quantisation (CPU)")
+    x.add_argument("--int8", action="store_true", help="int8 block-wise weights (CPU)")
     x.add_argument("--fp16", action="store_true", help="float16 weights (CUDA)")
     x.add_argument("--no-optimize", action="store_true", help="skip graph optimisation")
     x.set_defaults(func=_export)

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 
 from .errors import validate_common
-from .model import TokenClassifier, cl100k
+from .model import Inference, Steps, TokenClassifier, cl100k
 
-__all__ = ["CompatOptions", "compress_compat"]
+__all__ = ["CompatOptions", "compat_steps"]
 
 _DIGIT = re.compile(r"\d")
 _SPLIT_WORDS = re.compile(r'\b\w+\b|[<>=/!@#$%^&*()?":{}|\\`~;_+-]')
@@ -100,7 +100,7 @@ class _Run:
 
     # -- model ------------------------------------------------------------------------------------
 
-    def token_probs(self, chunks: Sequence[str]) -> list[tuple[list[str], list[Any]]]:
+    def token_probs(self, chunks: Sequence[str]) -> Steps[list[tuple[list[str], list[Any]]]]:
         """Per chunk: the active tokens (incl. the [CLS]/[SEP] stand-ins) and their keep-probabilities."""
         seqs: list[list[int]] = []
         masks: list[list[int]] = []
@@ -111,15 +111,18 @@ class _Run:
             seqs.append(ids)
             masks.append([0 if t == "[PAD]" else 1 for t in toks])
         results: list[tuple[list[str], list[Any]]] = []
-        bs = self.opts.max_batch_size
-        for b in range(0, len(seqs), bs):
-            batch, bmask = seqs[b : b + bs], masks[b : b + bs]
-            probs = self.clf.keep_probs(
-                batch, masks=bmask, pad_to=_MAX_SEQ_LEN if self.opts.pad_to_max else None, pad_id=self.pad_id
-            )
-            for ids, mask, p in zip(batch, bmask, probs, strict=True):
-                active = [k for k, m in enumerate(mask) if m]
-                results.append(([self.clf.id_to_token(ids[k]) for k in active], list(p[active])))
+        if not seqs:
+            return results
+        probs = yield Inference(
+            seqs,
+            pad_id=self.pad_id,
+            masks=masks,
+            pad_to=_MAX_SEQ_LEN if self.opts.pad_to_max else None,
+            max_windows=self.opts.max_batch_size,
+        )
+        for ids, mask, p in zip(seqs, masks, probs, strict=True):
+            active = [k for k, m in enumerate(mask) if m]
+            results.append(([self.clf.id_to_token(ids[k]) for k in active], list(p[active])))
         return results
 
     # -- words ----------------------------------------------------------------------------------
@@ -181,7 +184,7 @@ class _Run:
 
     def compress(
         self, contexts: list[list[str]], reduce_rate: float
-    ) -> tuple[list[str], list[list[str]], list[list[int]]]:
+    ) -> Steps[tuple[list[str], list[list[str]], list[list[int]]]]:
         if reduce_rate <= 0:
             texts: list[str] = []
             all_words: list[list[str]] = []
@@ -199,7 +202,7 @@ class _Run:
         chunk_words: list[list[str]] = []
         chunk_labels: list[list[int]] = []
         force = self.force_tokens
-        for tokens, probs in self.token_probs(flat):
+        for tokens, probs in (yield from self.token_probs(flat)):
             words, tprobs, _ = self.merge(tokens, probs)
             wp = self.word_probs(tprobs)
             if self.opts.drop_consecutive and wp:
@@ -256,10 +259,10 @@ class _Run:
 
     # -- context-level filter -----------------------------------------------------------------------
 
-    def context_probs(self, contexts: list[list[str]]) -> tuple[list[Any], list[list[str]]]:
+    def context_probs(self, contexts: list[list[str]]) -> Steps[tuple[list[Any], list[list[str]]]]:
         flat = [c for chunks in contexts for c in chunks]
         per_chunk: list[tuple[list[str], list[Any]]] = []
-        for tokens, probs in self.token_probs(flat):
+        for tokens, probs in (yield from self.token_probs(flat)):
             words, _, nf = self.merge(tokens, probs)
             per_chunk.append(([self.strip_word(w) for w in words], self.word_probs(nf)))
         scores: list[Any] = []
@@ -296,8 +299,8 @@ def _result(
     return res
 
 
-def compress_compat(clf: TokenClassifier, context: str | list[str], opts: CompatOptions) -> dict[str, Any]:
-    """Compress like llmlingua 0.2.2 (LLMLingua-2 path); returns the same dict."""
+def compat_steps(clf: TokenClassifier, context: str | list[str], opts: CompatOptions) -> Steps[dict[str, Any]]:
+    """Compress like llmlingua 0.2.2 (LLMLingua-2 path); returns the same dict (a step generator)."""
     contexts = validate_common(context, opts.rate, opts.target_token, opts.force_tokens, _MAX_FORCE)
     if opts.token_to_word not in ("mean", "first"):
         from .errors import CompressorError
@@ -328,7 +331,7 @@ def compress_compat(clf: TokenClassifier, context: str | list[str], opts: Compat
             clr = min(opts.target_context / len(contexts), 1.0)
         if cltt >= 0:
             clr = min(cltt / n_orig, 1.0) if n_orig else 1.0
-        scores, ctx_words = run.context_probs(chunked)
+        scores, ctx_words = yield from run.context_probs(chunked)
         thr = np.percentile(scores, int(100 * (1 - clr)))
         forced = opts.force_context_ids
         reserved: list[list[str]] = []
@@ -341,7 +344,7 @@ def compress_compat(clf: TokenClassifier, context: str | list[str], opts: Compat
         if target_token >= 0:
             rate = min(target_token / n_res, 1.0) if n_res else 1.0
         reduce = max(0.0, 1 - rate) if opts.use_token_level_filter else 0.0
-        compressed, wlist, llist = run.compress(reserved, reduce)
+        compressed, wlist, llist = yield from run.compress(reserved, reduce)
         words: list[str] = []
         labels: list[int] = []
         j = 0
@@ -358,7 +361,7 @@ def compress_compat(clf: TokenClassifier, context: str | list[str], opts: Compat
     if target_token > 0 and n_orig:
         rate = min(target_token / n_orig, 1.0)
     reduce = max(0.0, 1 - rate) if opts.use_token_level_filter else 0.0
-    compressed, wlist, llist = run.compress(chunked, reduce)
+    compressed, wlist, llist = yield from run.compress(chunked, reduce)
     words = [w for ws in wlist for w in ws]
     labels = [lab for ls in llist for lab in ls]
     return _result(compressed, n_orig, opts, words, labels)

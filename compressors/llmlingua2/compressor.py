@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from .compat import CompatOptions, compress_compat
+from .compat import CompatOptions, compat_steps
 from .errors import CompressorError, validate_common
 from .export import ensure_exported
-from .model import TokenClassifier, cl100k
+from .model import Inference, Steps, TokenClassifier, cl100k, drive
 from .structure import Protections, Span, block_ranges, split_markers, token_ranges
 
 __all__ = ["CompressResult", "Compressor", "MessagesResult"]
@@ -71,6 +71,8 @@ class Compressor:
 
     MODEL is an exported directory, or a checkpoint directory / Hugging Face id that is exported
     (and cached under CACHE_DIR) on first use. `keep_probs` is the thread-safe batch entry point.
+    Each public method has a ``*_steps`` twin returning a step generator (`model.Steps`): the
+    serving layer drives many of those at once and packs their windows into shared calls.
     """
 
     def __init__(
@@ -82,11 +84,16 @@ class Compressor:
         intra_op_threads: int | None = None,
         cache_dir: str | Path | None = None,
         max_batch_tokens: int = 16_384,
+        spinning: bool = False,
     ) -> None:
         path = ensure_exported(model, int8=int8, cache_dir=cache_dir)
-        self.classifier = TokenClassifier(path, providers=providers, intra_op_threads=intra_op_threads)
-        self.max_batch_tokens = max_batch_tokens
-        """Default mode: the most padded positions per inference batch (length-bucketed)."""
+        self.classifier = TokenClassifier(
+            path,
+            providers=providers,
+            intra_op_threads=intra_op_threads,
+            spinning=spinning,
+            max_batch_tokens=max_batch_tokens,
+        )
         spec = self.classifier.specials
         self._cls_id = self.classifier.token_id(spec.cls or "[CLS]")
         self._sep_id = self.classifier.token_id(spec.sep or "[SEP]")
@@ -105,12 +112,17 @@ class Compressor:
 
     def compress_llmlingua(self, context: str | list[str], **options: Any) -> dict[str, Any]:
         """Exactly llmlingua 0.2.2's `compress_prompt(context, **options)` (LLMLingua-2 path)."""
+        return drive(self.compress_llmlingua_steps(context, **options), self.classifier.score)
+
+    def compress_llmlingua_steps(self, context: str | list[str], **options: Any) -> Steps[dict[str, Any]]:
+        """`compress_llmlingua` as a step generator."""
         known = set(CompatOptions.__dataclass_fields__)
         unknown = sorted(set(options) - known)
         if unknown:
             raise CompressorError(unknown[0], "unknown option")
         opts = CompatOptions(**options)
-        return compress_compat(self.classifier, context, opts)
+        result: dict[str, Any] = yield from compat_steps(self.classifier, context, opts)
+        return result
 
     # -- default mode --------------------------------------------------------------------------------
 
@@ -125,9 +137,30 @@ class Compressor:
         return_word_labels: bool = False,
     ) -> CompressResult:
         """Compress one text; markers and protections decide which spans may change."""
+        steps = self.compress_steps(
+            text,
+            rate=rate,
+            target_token=target_token,
+            force_tokens=force_tokens,
+            protections=protections,
+            return_word_labels=return_word_labels,
+        )
+        return drive(steps, self.classifier.score)
+
+    def compress_steps(
+        self,
+        text: str | bytes,
+        *,
+        rate: float = 0.5,
+        target_token: int | None = None,
+        force_tokens: Sequence[str] = (),
+        protections: Protections | None = None,
+        return_word_labels: bool = False,
+    ) -> Steps[CompressResult]:
+        """`compress` as a step generator."""
         (doc,) = validate_common(text, rate, target_token, list(force_tokens))
         spans = split_markers(doc)
-        out, n0, n1, labels = self._compress_spans(
+        out, n0, n1, labels = yield from self._compress_spans(
             [spans], rate, target_token, force_tokens, protections or Protections(), return_word_labels
         )
         return CompressResult(out[0], n0, n1, labels)
@@ -144,6 +177,29 @@ class Compressor:
         protections: Protections | None = None,
     ) -> MessagesResult:
         """Compress chat messages: only ROLES, never the last user message unless asked."""
+        steps = self.compress_messages_steps(
+            messages,
+            rate=rate,
+            target_token=target_token,
+            roles=roles,
+            compress_last_user=compress_last_user,
+            force_tokens=force_tokens,
+            protections=protections,
+        )
+        return drive(steps, self.classifier.score)
+
+    def compress_messages_steps(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        rate: float = 0.5,
+        target_token: int | None = None,
+        roles: Sequence[str] = DEFAULT_ROLES,
+        compress_last_user: bool = False,
+        force_tokens: Sequence[str] = (),
+        protections: Protections | None = None,
+    ) -> Steps[MessagesResult]:
+        """`compress_messages` as a step generator."""
         validate_common("", rate, target_token, list(force_tokens))
         last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
         per_msg: list[list[Span]] = []
@@ -153,7 +209,7 @@ class Compressor:
                 raise CompressorError(f"messages[{i}].content", "must be text")
             allowed = m.get("role") in roles and (i != last_user or compress_last_user)
             per_msg.append(split_markers(content or "", allowed) if content else [])
-        out, n0, n1, _ = self._compress_spans(
+        out, n0, n1, _ = yield from self._compress_spans(
             per_msg, rate, target_token, force_tokens, protections or Protections(), False
         )
         new = []
@@ -174,7 +230,7 @@ class Compressor:
         force_tokens: Sequence[str],
         prot: Protections,
         want_labels: bool,
-    ) -> tuple[list[str], int, int, list[tuple[str, int]] | None]:
+    ) -> Steps[tuple[list[str], int, int, list[tuple[str, int]] | None]]:
         enc = cl100k()
         force = set(force_tokens)
         to_score: list[tuple[str, list[tuple[int, int]]]] = []
@@ -198,7 +254,7 @@ class Compressor:
                         fixed_tokens += len(enc.encode_ordinary(span.text[s:e]))
                     pos = e
             layout.append(parts)
-        tables_all = self._score_all(to_score, force) if to_score else []
+        tables_all = (yield from self._score_all(to_score, force)) if to_score else []
         scored: list[list[_Words | str]] = [
             [tables_all[p] if isinstance(p, int) else p for p in parts] for parts in layout
         ]
@@ -226,8 +282,10 @@ class Compressor:
         origin = sum(len(enc.encode_ordinary("".join(s.text for s in spans))) for spans in docs)
         return texts, origin, compressed, labels
 
-    def _score_all(self, pieces: list[tuple[str, list[tuple[int, int]]]], force: set[str]) -> list[_Words]:
-        """Score every word of every piece; windows of many pieces share inference batches.
+    def _score_all(
+        self, pieces: list[tuple[str, list[tuple[int, int]]]], force: set[str]
+    ) -> Steps[list[_Words]]:
+        """Score every word of every piece; windows of many pieces share inference requests.
 
         Token-level data lives only until its windows are inferred (at most ~_FLUSH_WINDOWS of them);
         what is kept per word is a few numbers, so memory stays bounded for long inputs.
@@ -236,8 +294,8 @@ class Compressor:
         pending: list[tuple[int, _Segment]] = []
         n_windows = 0
 
-        def flush() -> None:
-            self._infer([sg for _, sg in pending])
+        def flush() -> Steps[None]:
+            yield from self._infer([sg for _, sg in pending])
             for pj, sg in pending:
                 words[pj].append(_segment_words(sg, force))
             pending.clear()
@@ -248,9 +306,9 @@ class Compressor:
                 pending.append((pi, sg))
                 n_windows += len(sg.windows)
                 if n_windows >= _FLUSH_WINDOWS:
-                    flush()
+                    yield from flush()
                     n_windows = 0
-        flush()
+        yield from flush()
         return [_finish(text, words[pi], prot) for pi, (text, prot) in enumerate(pieces)]
 
     def _prepare(self, seg: str, seg_start: int) -> _Segment:
@@ -276,23 +334,15 @@ class Compressor:
             seg, seg_start, ids, offs, begins, _windows(begins, sent_end), np.zeros(n, np.float32)
         )
 
-    def _infer(self, segs: list[_Segment]) -> None:
-        """Fill token probabilities of every window, in length-bucketed batches (no padding to 512)."""
+    def _infer(self, segs: list[_Segment]) -> Steps[None]:
+        """Fill the token probabilities of every window (one request; the runner packs by length)."""
         jobs = [(sg, a, b) for sg in segs for a, b in sg.windows]
-        jobs.sort(key=lambda j: j[2] - j[1])
-        k = 0
-        while k < len(jobs):
-            end = k + 1
-            while (
-                end < len(jobs) and (end - k + 1) * (jobs[end][2] - jobs[end][1] + 2) <= self.max_batch_tokens
-            ):
-                end += 1
-            batch = jobs[k:end]
-            seqs = [[self._cls_id, *sg.ids[a:b], self._sep_id] for sg, a, b in batch]
-            probs = self.classifier.keep_probs(seqs, pad_id=self._pad_id)
-            for (sg, a, b), p in zip(batch, probs, strict=True):
-                sg.token_probs[a:b] = p[1:-1]
-            k = end
+        if not jobs:
+            return
+        seqs = [[self._cls_id, *sg.ids[a:b], self._sep_id] for sg, a, b in jobs]
+        probs = yield Inference(seqs, pad_id=self._pad_id)
+        for (sg, a, b), p in zip(jobs, probs, strict=True):
+            sg.token_probs[a:b] = p[1:-1]
 
 
 @dataclass

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-__all__ = ["SpecialTokens", "TokenClassifier", "cl100k"]
+__all__ = ["Inference", "SpecialTokens", "Steps", "TokenClassifier", "cl100k", "drive", "pack_by_length"]
 
 logger = logging.getLogger(__name__)
+
+R = TypeVar("R")
 
 _MODEL_FILE = "model.onnx"
 _METADATA_FILE = "promptwire_export.json"
@@ -72,10 +74,69 @@ def _read_specials(path: Path, meta: dict[str, Any]) -> SpecialTokens:
     )
 
 
+@dataclass(frozen=True)
+class Inference:
+    """Windows a compression step needs scored: what a step generator yields (see `Steps`).
+
+    Each window's keep-probabilities depend on its own tokens only, never on the windows it shares
+    an ONNX Runtime call with or on the padding (checked by tests for fp32 and int8 exports on CPU),
+    so any runner may pack the windows of many requests into shared calls and get the same bits.
+    """
+
+    seqs: Sequence[Sequence[int]]
+    """Token ids of each window, [CLS]/[SEP] (or their stand-ins) included."""
+    pad_id: int
+    masks: Sequence[Sequence[int]] | None = None
+    """Attention masks (1 = attend) per window; None: all ones."""
+    pad_to: int | None = None
+    """Pad every call to this width (compat mode pads to 512 like llmlingua); None: the longest window."""
+    max_windows: int | None = None
+    """Most windows per call when this request runs alone (compat mode's max_batch_size)."""
+
+
+Steps = Generator[Inference, list[np.ndarray], R]
+"""A compression as a generator: it yields the windows it needs scored, is sent their
+keep-probabilities (one (T_i,) float32 array per window, in order) and returns its result. The
+synchronous API drives it with `drive`; the serving layer drives many at once and packs their
+windows from different requests into shared calls."""
+
+
+def drive(steps: Steps[R], score: Callable[[Inference], list[np.ndarray]]) -> R:
+    """Run a step generator to its result, scoring each request with SCORE."""
+    try:
+        request = next(steps)
+        while True:
+            request = steps.send(score(request))
+    except StopIteration as done:
+        result: R = done.value
+        return result
+
+
+def pack_by_length(lengths: Sequence[int], max_tokens: int, max_windows: int | None = None) -> list[list[int]]:
+    """Group window indices into calls: sorted by length so each call pads little, each call at most
+    MAX_TOKENS padded positions (a single longer window still gets its own call) and MAX_WINDOWS."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    calls: list[list[int]] = []
+    cur: list[int] = []
+    for i in order:
+        width = lengths[i]  # the longest so far: the order is ascending
+        full = max_windows is not None and len(cur) >= max_windows
+        if cur and (full or (len(cur) + 1) * width > max_tokens):
+            calls.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        calls.append(cur)
+    return calls
+
+
 class TokenClassifier:
     """An exported LLMLingua-2 token classifier on ONNX Runtime.
 
-    `keep_probs` is thread-safe (one InferenceSession, whose `run` may be called concurrently).
+    `keep_probs` and `score` are thread-safe (one InferenceSession, whose `run` may be called
+    concurrently). ``spinning``: ONNX Runtime's intra-op threads spin-wait between parallel sections
+    by default; beside other busy processes that burns the cycles the working thread needs, so it is
+    off unless asked for (docs/compressor.md, "Speed").
     """
 
     def __init__(
@@ -84,6 +145,8 @@ class TokenClassifier:
         *,
         providers: Sequence[str] | None = None,
         intra_op_threads: int | None = None,
+        spinning: bool = False,
+        max_batch_tokens: int = 16_384,
     ) -> None:
         self.path = Path(path)
         meta_file = self.path / _METADATA_FILE
@@ -100,11 +163,15 @@ class TokenClassifier:
         unk = self.specials.unk
         self.unk_id = self.tokenizer.token_to_id(unk) if unk is not None else None
         self.max_positions = int(self.meta.get("max_seq_len", 512))
+        self.max_batch_tokens = max_batch_tokens
+        """`score`: the most padded positions per ONNX Runtime call."""
 
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if intra_op_threads:
             opts.intra_op_num_threads = int(intra_op_threads)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
         available = ort.get_available_providers()
         wanted = (
             list(providers)
@@ -144,6 +211,26 @@ class TokenClassifier:
         return str(self.tokenizer.id_to_token(tid))
 
     # -- inference ------------------------------------------------------------------------------------
+
+    def score(self, request: Inference) -> list[np.ndarray]:
+        """Keep-probabilities of every window of REQUEST, in calls packed by length (thread-safe)."""
+        seqs, masks = request.seqs, request.masks
+        if request.pad_to is not None:  # fixed width: plain consecutive calls
+            step = request.max_windows or max(1, self.max_batch_tokens // request.pad_to)
+            calls = [list(range(k, min(k + step, len(seqs)))) for k in range(0, len(seqs), step)]
+        else:
+            calls = pack_by_length([len(s) for s in seqs], self.max_batch_tokens, request.max_windows)
+        out: list[np.ndarray] = [np.zeros(0, np.float32)] * len(seqs)
+        for call in calls:
+            probs = self.keep_probs(
+                [seqs[i] for i in call],
+                masks=[masks[i] for i in call] if masks is not None else None,
+                pad_to=request.pad_to,
+                pad_id=request.pad_id,
+            )
+            for i, p in zip(call, probs, strict=True):
+                out[i] = p
+        return out
 
     def keep_probs(
         self,

@@ -1,34 +1,36 @@
-"""Asyncio micro-batcher: concurrent compress requests share model batches run in a thread pool."""
+"""Cross-request batching: the windows of concurrent compress requests share ONNX Runtime calls."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from .model import Inference, Steps
 
 __all__ = [
+    "CPU_POLICY",
+    "GPU_POLICY",
     "BatcherClosed",
     "BatcherConfig",
     "BatcherStats",
     "CompressJob",
     "CompressorOverloaded",
     "CompressorService",
-    "MicroBatcher",
 ]
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
-R = TypeVar("R")
-
 
 class CompressorOverloaded(RuntimeError):
-    """The batcher's queue is full; the caller should retry later (the gateway answers 429)."""
+    """The service's queue is full; the caller should retry later (the gateway answers 429)."""
 
     def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
         super().__init__(message)
@@ -36,230 +38,75 @@ class CompressorOverloaded(RuntimeError):
 
 
 class BatcherClosed(RuntimeError):
-    """The batcher was closed (shutdown) before the request ran."""
+    """The service was closed (shutdown) before the request ran."""
 
 
 @dataclass(frozen=True)
 class BatcherConfig:
-    """How requests are grouped and where inference runs."""
+    """The batch policy: how windows of concurrent requests are packed into ONNX Runtime calls.
 
-    max_batch_size: int = 16
-    """Most requests in one call of the batch function."""
-    max_wait_ms: float = 2.0
-    """How long the oldest queued request may wait for others to join its batch."""
+    None means the provider's default (`CPU_POLICY` or `GPU_POLICY`)."""
+
+    max_batch_windows: int | None = None
+    """Most windows (model inputs of up to 512 tokens) in one ONNX Runtime call."""
+    max_batch_tokens: int | None = None
+    """Most padded token positions in one call (a longer single window still runs alone)."""
+    max_wait_ms: float | None = None
+    """How long a call that is not full waits for the windows of requests still being tokenized.
+    It never waits when no other request could join it, so a lone request does not pay it."""
+    max_batch_size: int = 64
+    """Requests in progress at once (tokenized, windows queued or running); later ones wait in line."""
     workers: int = 1
-    """Batches run at once, each in its own thread (onnxruntime releases the GIL while it runs)."""
+    """Threads preparing requests and running calls (onnxruntime releases the GIL while it runs)."""
     max_queue: int = 1024
-    """Requests waiting (not yet running) beyond which `submit` raises CompressorOverloaded."""
+    """Requests waiting to start beyond which `run` raises CompressorOverloaded."""
+    batching: bool = True
+    """False: one request at a time (its own windows still share calls): the baseline to compare with."""
 
     def __post_init__(self) -> None:
-        if self.max_batch_size < 1:
-            raise ValueError("max_batch_size must be >= 1")
-        if self.max_wait_ms < 0:
+        for name in ("max_batch_windows", "max_batch_tokens", "max_batch_size", "workers", "max_queue"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.max_wait_ms is not None and self.max_wait_ms < 0:
             raise ValueError("max_wait_ms must be >= 0")
-        if self.workers < 1:
-            raise ValueError("workers must be >= 1")
-        if self.max_queue < 1:
-            raise ValueError("max_queue must be >= 1")
+
+    def resolved(self, provider: str) -> BatcherConfig:
+        """This policy with every unset field taken from the defaults for PROVIDER."""
+        base = GPU_POLICY if provider.startswith(("CUDA", "ROCM", "Tensorrt", "Dml")) else CPU_POLICY
+        return replace(
+            self,
+            max_batch_windows=self.max_batch_windows or base.max_batch_windows,
+            max_batch_tokens=self.max_batch_tokens or base.max_batch_tokens,
+            max_wait_ms=base.max_wait_ms if self.max_wait_ms is None else self.max_wait_ms,
+        )
+
+
+CPU_POLICY = BatcherConfig(max_batch_windows=16, max_batch_tokens=4096, max_wait_ms=2.0)
+"""CPU: the gain is in short windows (a 512-token window already fills the cores), and a call's
+windows all finish together, so calls stay small enough to keep latency even."""
+GPU_POLICY = BatcherConfig(max_batch_windows=64, max_batch_tokens=32768, max_wait_ms=5.0)
+"""GPU: one call costs about the same for 1 or 64 windows; wider calls are nearly free."""
 
 
 @dataclass
 class BatcherStats:
-    """Counters for metrics and tests."""
+    """Counters for metrics, benchmarks and tests."""
 
     requests: int = 0
     batches: int = 0
+    """ONNX Runtime calls."""
+    windows: int = 0
     largest_batch: int = 0
+    """Most windows in one call."""
+    shared_batches: int = 0
+    """Calls holding windows of more than one request."""
+    positions: int = 0
+    """Token positions scored."""
+    padded_positions: int = 0
+    """Positions computed including padding (positions / padded_positions = packing efficiency)."""
     rejected: int = 0
     cancelled_before_run: int = 0
-
-
-@dataclass
-class _Pending(Generic[T, R]):
-    item: T
-    future: asyncio.Future[R]
-    enqueued: float
-
-
-class MicroBatcher(Generic[T, R]):
-    """Groups concurrent `submit` calls into calls of ``fn(items) -> results`` (same order, same length).
-
-    ``fn`` runs in a thread pool, never on the event loop, and must be thread-safe when
-    ``workers > 1``. An element of the returned list that is an exception instance fails only its
-    own request. If ``fn`` raises for a batch of several items, each item is retried alone so that
-    one bad request does not fail the others. A caller that is cancelled while queued is skipped;
-    one cancelled while its batch runs simply does not receive the result.
-    """
-
-    def __init__(
-        self,
-        fn: Callable[[Sequence[T]], Sequence[R | BaseException]],
-        config: BatcherConfig | None = None,
-        *,
-        name: str = "batcher",
-    ) -> None:
-        self.fn = fn
-        self.config = config or BatcherConfig()
-        self.name = name
-        self.stats = BatcherStats()
-        self._pending: deque[_Pending[T, R]] = deque()
-        self._executor = ThreadPoolExecutor(max_workers=self.config.workers, thread_name_prefix=name)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._wakeup: asyncio.Event | None = None
-        self._slots: asyncio.Semaphore | None = None
-        self._collector: asyncio.Task[None] | None = None
-        self._inflight: set[asyncio.Task[None]] = set()
-        self._closed = False
-
-    @property
-    def queued(self) -> int:
-        """Requests waiting for a batch (cancelled ones not yet skipped included)."""
-        return len(self._pending)
-
-    async def submit(self, item: T) -> R:
-        """Run ``item`` in the next batch and return its result (or raise its exception)."""
-        if self._closed:
-            raise BatcherClosed(f"{self.name} is closed")
-        loop = self._start()
-        if len(self._pending) >= self.config.max_queue:
-            self.stats.rejected += 1
-            raise CompressorOverloaded(
-                f"{self.name}: {len(self._pending)} requests queued (max_queue {self.config.max_queue})",
-                retry_after=max(0.1, self.config.max_wait_ms / 1000.0 * 4),
-            )
-        fut: asyncio.Future[R] = loop.create_future()
-        self._pending.append(_Pending(item, fut, time.monotonic()))
-        self.stats.requests += 1
-        assert self._wakeup is not None
-        self._wakeup.set()
-        return await fut
-
-    async def aclose(self) -> None:
-        """Stop accepting, fail queued requests with BatcherClosed, wait for running batches."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._collector is not None:
-            self._collector.cancel()
-            try:
-                await self._collector
-            except asyncio.CancelledError:
-                pass
-        while self._pending:
-            p = self._pending.popleft()
-            if not p.future.done():
-                p.future.set_exception(BatcherClosed(f"{self.name} closed before the request ran"))
-        if self._inflight:
-            await asyncio.gather(*self._inflight, return_exceptions=True)
-        self._executor.shutdown(wait=False)
-
-    # -- internals ---------------------------------------------------------------------------------
-
-    def _start(self) -> asyncio.AbstractEventLoop:
-        loop = asyncio.get_running_loop()
-        if self._loop is None:
-            self._loop = loop
-            self._wakeup = asyncio.Event()
-            self._slots = asyncio.Semaphore(self.config.workers)
-            self._collector = loop.create_task(self._collect(), name=f"{self.name}-collector")
-        elif self._loop is not loop:
-            raise RuntimeError(f"{self.name} is bound to another event loop")
-        return loop
-
-    def _drop_cancelled_head(self) -> None:
-        while self._pending and self._pending[0].future.done():
-            self._pending.popleft()
-            self.stats.cancelled_before_run += 1
-
-    def _live(self) -> int:
-        return sum(1 for p in self._pending if not p.future.done())
-
-    async def _collect(self) -> None:
-        """Forms batches: waits for a free worker, then up to max_wait_ms for the batch to fill."""
-        assert self._wakeup is not None and self._slots is not None
-        wakeup, slots = self._wakeup, self._slots
-        cfg = self.config
-        while True:
-            self._drop_cancelled_head()
-            if not self._pending:
-                wakeup.clear()
-                await wakeup.wait()
-                continue
-            await slots.acquire()
-            try:
-                # the oldest request's own wait counts: after a busy period a batch leaves at once
-                self._drop_cancelled_head()
-                if self._pending:
-                    deadline = self._pending[0].enqueued + cfg.max_wait_ms / 1000.0
-                    while self._live() < cfg.max_batch_size:
-                        left = deadline - time.monotonic()
-                        if left <= 0:
-                            break
-                        wakeup.clear()
-                        try:
-                            await asyncio.wait_for(wakeup.wait(), left)
-                        except TimeoutError:
-                            break
-                batch: list[_Pending[T, R]] = []
-                while self._pending and len(batch) < cfg.max_batch_size:
-                    p = self._pending.popleft()
-                    if p.future.done():
-                        self.stats.cancelled_before_run += 1
-                        continue
-                    batch.append(p)
-            except BaseException:
-                slots.release()
-                raise
-            if not batch:
-                slots.release()
-                continue
-            task = asyncio.get_running_loop().create_task(self._dispatch(batch))
-            self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
-
-    async def _dispatch(self, batch: list[_Pending[T, R]]) -> None:
-        assert self._slots is not None and self._wakeup is not None
-        loop = asyncio.get_running_loop()
-        self.stats.batches += 1
-        self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
-        items = [p.item for p in batch]
-        try:
-            try:
-                results = await loop.run_in_executor(self._executor, self._call, items)
-            except Exception as exc:  # the executor itself failed (e.g. shut down)
-                results = [exc] * len(batch)
-            for p, res in zip(batch, results, strict=True):
-                if p.future.done():  # its caller was cancelled while the batch ran
-                    continue
-                if isinstance(res, BaseException):
-                    p.future.set_exception(res)
-                else:
-                    p.future.set_result(res)
-        finally:
-            self._slots.release()
-            self._wakeup.set()
-
-    def _call(self, items: list[T]) -> list[Any]:
-        """Runs in a worker thread."""
-        t0 = time.perf_counter()
-        try:
-            out = list(self.fn(items))
-            if len(out) != len(items):
-                raise RuntimeError(
-                    f"{self.name}: batch function returned {len(out)} results for {len(items)} items"
-                )
-        except Exception as exc:
-            if len(items) == 1:
-                return [exc]
-            logger.debug("%s: batch of %d failed (%s); retrying items one by one", self.name, len(items), exc)
-            out = []
-            for it in items:
-                try:
-                    out.extend(self.fn([it]))
-                except Exception as one:
-                    out.append(one)
-        logger.debug("%s: batch of %d in %.1f ms", self.name, len(items), (time.perf_counter() - t0) * 1000)
-        return out
 
 
 @dataclass(frozen=True)
@@ -275,32 +122,92 @@ class CompressJob:
 _METHODS = ("compress", "compress_messages", "compress_llmlingua")
 
 
-class CompressorService:
-    """A Compressor behind a MicroBatcher: async calls, batched, run in worker threads.
+@dataclass(eq=False)
+class _Job:
+    """A request in the service: its step generator and the windows it waits for."""
 
-    ``compressor`` is a ``compressors.llmlingua2.Compressor`` (anything with its three methods).
-    Concurrent calls that arrive within ``max_wait_ms`` of each other run in one batch.
+    job: CompressJob
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+    steps: Any = None
+    request: Inference | None = None
+    results: list[np.ndarray | None] = field(default_factory=list)
+    missing: int = 0
+    cancelled: bool = False
+    """Set by the caller's task when it is cancelled (read by the workers)."""
+    finished: bool = False
+    """Left the service: result delivered, failed or cancelled (under the lock)."""
+
+
+@dataclass(eq=False)
+class _Window:
+    job: _Job
+    index: int
+    length: int
+    key: tuple[int, int | None]
+    """(pad_id, pad_to): only windows with the same key share a call."""
+    enqueued: float
+
+
+class CompressorService:
+    """A Compressor behind a scheduler: async calls, their windows packed across requests.
+
+    Each request runs as the compressor's step generator (``compress_steps`` ...) in a worker
+    thread: the generator tokenizes and yields windows; windows from every request in progress
+    wait in one pool; a call takes the oldest window and the windows closest to it in length
+    (limiting padding) up to the policy's limits. A request's result is delivered as soon as its
+    own windows are done. Every window's keep-probabilities depend on its own tokens only (see
+    `model.Inference`), so the results are the bits a request gets when it runs alone.
     """
 
     def __init__(self, compressor: Any, config: BatcherConfig | None = None) -> None:
         self.compressor = compressor
-        self.batcher: MicroBatcher[CompressJob, Any] = MicroBatcher(
-            self._run_batch, config, name="compressor"
-        )
+        self.config = (config or BatcherConfig()).resolved(self.provider)
+        self.stats = BatcherStats()
+        self._cond = threading.Condition()
+        self._arrivals: deque[_Job] = deque()
+        self._ready: deque[_Job] = deque()
+        self._pool: list[_Window] = []
+        self._active = 0
+        self._stepping = 0
+        self._closed = False
+        self._threads: list[threading.Thread] = []
 
-    def _run_batch(self, jobs: Sequence[CompressJob]) -> list[Any]:
-        out: list[Any] = []
-        for job in jobs:
-            try:
-                out.append(getattr(self.compressor, job.method)(job.payload, **job.options))
-            except Exception as exc:  # fails this job only
-                out.append(exc)
-        return out
+    @property
+    def provider(self) -> str:
+        return str(getattr(self.compressor, "provider", "unknown"))
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting to start."""
+        return len(self._arrivals)
+
+    # -- async API -------------------------------------------------------------------------------
 
     async def run(self, job: CompressJob) -> Any:
+        """Run one compressor call through the scheduler and return its result."""
         if job.method not in _METHODS:
             raise ValueError(f"unknown compressor method {job.method!r}")
-        return await self.batcher.submit(job)
+        if self._closed:
+            raise BatcherClosed("compressor service is closed")
+        loop = asyncio.get_running_loop()
+        entry = _Job(job, loop.create_future(), loop)
+        with self._cond:
+            if len(self._arrivals) >= self.config.max_queue:
+                self.stats.rejected += 1
+                raise CompressorOverloaded(
+                    f"compressor: {len(self._arrivals)} requests queued (max_queue {self.config.max_queue})",
+                    retry_after=1.0,
+                )
+            self._arrivals.append(entry)
+            self.stats.requests += 1
+            self._start_workers()
+            self._cond.notify()
+        try:
+            return await entry.future
+        except asyncio.CancelledError:
+            entry.cancelled = True  # its windows are dropped; a running call simply finishes
+            raise
 
     async def compress(self, text: str | bytes, **options: Any) -> Any:
         """`Compressor.compress` (default mode) -> CompressResult."""
@@ -315,9 +222,245 @@ class CompressorService:
         result: dict[str, Any] = await self.run(CompressJob("compress_llmlingua", context, options))
         return result
 
-    @property
-    def provider(self) -> str:
-        return str(getattr(self.compressor, "provider", "unknown"))
-
     async def aclose(self) -> None:
-        await self.batcher.aclose()
+        """Stop accepting, fail requests not yet started with BatcherClosed, let started ones finish."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            dropped = list(self._arrivals)
+            self._arrivals.clear()
+            self._cond.notify_all()
+        for entry in dropped:
+            _resolve(entry, BatcherClosed("compressor closed before the request ran"), failed=True)
+        for t in self._threads:
+            await asyncio.to_thread(t.join)
+
+    # -- worker threads --------------------------------------------------------------------------
+
+    def _start_workers(self) -> None:
+        while len(self._threads) < self.config.workers:
+            t = threading.Thread(target=self._work, name=f"compressor-{len(self._threads)}", daemon=True)
+            self._threads.append(t)
+            t.start()
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                task = self._next_task()
+                if task is None:
+                    return
+            if isinstance(task, _Job):
+                self._step(task)
+            else:
+                self._call(task)
+
+    def _next_task(self) -> _Job | list[_Window] | None:
+        """Under the lock: the next job to step or call to run; waits; None when closed and idle."""
+        cfg = self.config
+        assert cfg.max_wait_ms is not None and cfg.max_batch_windows is not None
+        while True:
+            self._drop_cancelled()
+            due = False
+            if self._pool:
+                age = time.monotonic() - self._pool[0].enqueued
+                full = len(self._pool) >= cfg.max_batch_windows
+                joining = self._stepping > 0 or bool(self._ready) or self._admissible()
+                due = full or not cfg.batching or not joining or age * 1000 >= cfg.max_wait_ms
+            if due:
+                return self._take_call()
+            if self._ready:
+                self._stepping += 1
+                return self._ready.popleft()
+            if self._admissible():
+                self._active += 1
+                self._stepping += 1
+                return self._arrivals.popleft()
+            if self._closed and not self._pool and self._active == 0:
+                return None
+            if self._pool:
+                left = self._pool[0].enqueued + cfg.max_wait_ms / 1000 - time.monotonic()
+                self._cond.wait(max(left, 0.0))
+            else:
+                self._cond.wait()
+
+    def _admissible(self) -> bool:
+        if not self._arrivals:
+            return False
+        limit = self.config.max_batch_size if self.config.batching else 1
+        return self._active < limit
+
+    def _drop_cancelled(self) -> None:
+        while self._arrivals and (self._arrivals[0].cancelled or self._arrivals[0].future.done()):
+            self._arrivals.popleft()
+            self.stats.cancelled_before_run += 1
+        for entry in {id(w.job): w.job for w in self._pool if w.job.cancelled}.values():
+            self._finish(entry)
+
+    def _take_call(self) -> list[_Window]:
+        """The oldest window and those closest to it in length (same pad key), within the limits."""
+        cfg = self.config
+        assert cfg.max_batch_windows is not None and cfg.max_batch_tokens is not None
+        anchor = self._pool[0]
+        group = sorted((w for w in self._pool if w.key == anchor.key), key=lambda w: w.length)
+        pad_to = anchor.key[1]
+        i = group.index(anchor)
+        lo, hi = i, i + 1  # the call is group[lo:hi]
+        while hi - lo < cfg.max_batch_windows:
+            below = group[lo - 1] if lo > 0 else None
+            above = group[hi] if hi < len(group) else None
+            if below is None and above is None:
+                break
+            pick_above = below is None or (above is not None and above.length - anchor.length
+                                           <= anchor.length - below.length)
+            width = pad_to or (above.length if pick_above and above else group[hi - 1].length)
+            if (hi - lo + 1) * width > cfg.max_batch_tokens:
+                break
+            if pick_above:
+                hi += 1
+            else:
+                lo -= 1
+        chosen = group[lo:hi]
+        ids = {id(w) for w in chosen}
+        self._pool = [w for w in self._pool if id(w) not in ids]
+        return chosen
+
+    def _step(self, entry: _Job) -> None:
+        """Advance one request's generator (outside the lock): windows to the pool, or its result."""
+        request: Inference | None = None
+        try:
+            if entry.cancelled:
+                raise asyncio.CancelledError
+            if entry.steps is None:
+                entry.steps = self._steps_of(entry.job)
+                request = next(entry.steps)
+            else:
+                results = entry.results
+                entry.results = []
+                request = entry.steps.send(results)
+            while request is not None and not request.seqs:  # nothing to score
+                request = entry.steps.send([])
+        except StopIteration as done:
+            _resolve(entry, done.value)
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:  # fails this request only
+            _resolve(entry, exc, failed=True)
+        with self._cond:
+            self._stepping -= 1
+            if request is None or entry.cancelled:
+                if request is not None:
+                    entry.steps.close()
+                self._finish(entry)
+            else:
+                self._queue_windows(entry, request)
+            self._cond.notify_all()
+
+    def _steps_of(self, job: CompressJob) -> Any:
+        steps_fn: Callable[..., Any] | None = getattr(self.compressor, f"{job.method}_steps", None)
+        if steps_fn is not None:
+            return steps_fn(job.payload, **job.options)
+        # a compressor without step generators runs whole, alone
+        return _plain(getattr(self.compressor, job.method), job.payload, job.options)
+
+    def _queue_windows(self, entry: _Job, request: Inference) -> None:
+        now = time.monotonic()
+        entry.request = request
+        entry.results = [None] * len(request.seqs)
+        entry.missing = len(request.seqs)
+        key = (request.pad_id, request.pad_to)
+        for i, seq in enumerate(request.seqs):
+            self._pool.append(_Window(entry, i, len(seq), key, now))
+
+    def _finish(self, entry: _Job) -> None:
+        """Under the lock: a request leaves the service (done, failed or cancelled); idempotent."""
+        if entry.finished:
+            return
+        entry.finished = True
+        self._active -= 1
+        if any(w.job is entry for w in self._pool):
+            self._pool = [w for w in self._pool if w.job is not entry]
+
+    def _call(self, windows: list[_Window]) -> None:
+        """Run one ONNX Runtime call (outside the lock) and hand each window its probabilities."""
+        try:
+            probs = self._score(windows)
+        except Exception as exc:
+            probs = None
+            logger.debug("compressor call of %d windows failed (%s); retrying per request", len(windows), exc)
+        results: list[tuple[_Window, np.ndarray | BaseException]] = []
+        if probs is not None:
+            results = list(zip(windows, probs, strict=True))
+        else:  # one bad request must not fail the others: each request's windows alone
+            for entry in {id(w.job): w.job for w in windows}.values():
+                own = [w for w in windows if w.job is entry]
+                try:
+                    results.extend(zip(own, self._score(own), strict=True))
+                except Exception as exc:
+                    results.extend((w, exc) for w in own)
+        with self._cond:
+            for w, p in results:
+                entry = w.job
+                if entry.finished:
+                    continue
+                if entry.cancelled:
+                    self._finish(entry)
+                    continue
+                if isinstance(p, BaseException):
+                    _resolve(entry, p, failed=True)
+                    self._finish(entry)
+                    continue
+                entry.results[w.index] = p
+                entry.missing -= 1
+                if entry.missing == 0:
+                    self._ready.append(entry)
+            self._cond.notify_all()
+
+    def _score(self, windows: list[_Window]) -> list[np.ndarray]:
+        reqs = [w.job.request for w in windows]
+        assert all(r is not None for r in reqs)
+        seqs = [r.seqs[w.index] for r, w in zip(reqs, windows, strict=True) if r is not None]
+        masks = None
+        if any(r is not None and r.masks is not None for r in reqs):
+            masks = [
+                r.masks[w.index] if r.masks is not None else [1] * w.length
+                for r, w in zip(reqs, windows, strict=True)
+                if r is not None
+            ]
+        pad_id, pad_to = windows[0].key
+        out: list[np.ndarray] = self.compressor.classifier.keep_probs(
+            seqs, masks=masks, pad_to=pad_to, pad_id=pad_id
+        )
+        width = pad_to or max(w.length for w in windows)
+        with self._cond:
+            st = self.stats
+            st.batches += 1
+            st.windows += len(windows)
+            st.largest_batch = max(st.largest_batch, len(windows))
+            st.shared_batches += len({id(w.job) for w in windows}) > 1
+            st.positions += sum(w.length for w in windows)
+            st.padded_positions += width * len(windows)
+        return out
+
+
+def _plain(fn: Callable[..., Any], payload: Any, options: dict[str, Any]) -> Steps[Any]:
+    """A step generator around a plain call (no windows to share)."""
+    yield from ()
+    return fn(payload, **options)
+
+
+def _resolve(entry: _Job, value: Any, *, failed: bool = False) -> None:
+    """Deliver a result or an exception to the request's future, from any thread."""
+
+    def deliver() -> None:
+        if entry.future.done():
+            return
+        if failed:
+            entry.future.set_exception(value)
+        else:
+            entry.future.set_result(value)
+
+    try:
+        entry.loop.call_soon_threadsafe(deliver)
+    except RuntimeError:  # the loop is closed: nobody is waiting any more
+        pass

@@ -1,4 +1,5 @@
-"""Micro-batcher behaviour: batching, thread pool, overload, cancellation, error isolation, shutdown."""
+"""The compressor service's scheduler: cross-request calls, length grouping, policy, overload,
+cancellation, error isolation and shutdown, on a scripted compressor (synchronised with events)."""
 
 from __future__ import annotations
 
@@ -6,215 +7,251 @@ import asyncio
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
+import numpy as np
 import pytest
 
+from compressors.llmlingua2.model import Inference
 from compressors.llmlingua2.serving import (
+    CPU_POLICY,
+    GPU_POLICY,
     BatcherClosed,
     BatcherConfig,
+    CompressJob,
     CompressorOverloaded,
-    MicroBatcher,
+    CompressorService,
 )
 
 
-class Recorder:
-    """A batch function that doubles numbers and records each batch and the thread it ran on."""
+class Classifier:
+    """keep_probs stand-in: a window's 'probability' is the sum of its ids; records every call."""
 
-    def __init__(self, delay: float = 0.0, gate: threading.Event | None = None) -> None:
-        self.batches: list[list[int]] = []
+    def __init__(self) -> None:
+        self.calls: list[list[list[int]]] = []
         self.threads: set[int] = set()
-        self.delay = delay
-        self.gate = gate
-        self.running = 0
-        self.max_running = 0
-        self._lock = threading.Lock()
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
 
-    def __call__(self, items: Sequence[int]) -> list[int | BaseException]:
-        with self._lock:
-            self.running += 1
-            self.max_running = max(self.max_running, self.running)
-        try:
-            if self.gate is not None:
-                assert self.gate.wait(5), "gate never opened"
-            if self.delay:
-                time.sleep(self.delay)
-            self.threads.add(threading.get_ident())
-            self.batches.append(list(items))
-            if any(i < 0 for i in items):
-                raise ValueError(f"negative item in {list(items)}")
-            return [ValueError("item 13 is unlucky") if i == 13 else 2 * i for i in items]
-        finally:
-            with self._lock:
-                self.running -= 1
+    def keep_probs(
+        self, seqs: Sequence[Sequence[int]], *, masks: Any = None, pad_to: int | None = None, pad_id: int = 0
+    ) -> list[np.ndarray]:
+        self.entered.set()
+        assert self.gate.wait(10), "gate never opened"
+        self.threads.add(threading.get_ident())
+        self.calls.append([list(s) for s in seqs])
+        if any(-1 in s for s in seqs):
+            raise RuntimeError("bad window")
+        return [np.full(len(s), float(sum(s)), dtype=np.float32) for s in seqs]
 
 
-async def test_concurrent_requests_share_batches() -> None:
-    rec = Recorder()
-    b: MicroBatcher[int, int] = MicroBatcher(rec, BatcherConfig(max_batch_size=8, max_wait_ms=50))
-    items = list(range(20, 40))
-    out = await asyncio.gather(*(b.submit(i) for i in items))
-    await b.aclose()
-    assert out == [2 * i for i in items]
-    assert sorted(x for batch in rec.batches for x in batch) == items
-    assert max(len(batch) for batch in rec.batches) == 8
-    assert len(rec.batches) == 3  # 8 + 8 + 4
-    assert b.stats.batches == 3 and b.stats.largest_batch == 8 and b.stats.requests == 20
+class Scripted:
+    """A compressor whose `compress_steps` yields windows of the given lengths (ids = the request's
+    tag) once or twice and returns the sums it was sent."""
+
+    provider = "CPUExecutionProvider"
+
+    def __init__(self) -> None:
+        self.classifier = Classifier()
+
+    def compress_steps(self, payload: tuple[int, list[int]], *, rounds: int = 1) -> Any:
+        tag, lengths = payload
+        if tag < 0 and not lengths:
+            raise ValueError("bad request")
+        out: list[float] = []
+        for _ in range(rounds):
+            probs = yield Inference([[tag] * n for n in lengths], pad_id=0)
+            out.extend(float(p[0]) for p in probs)
+        return out
 
 
-async def test_lone_request_waits_at_most_max_wait() -> None:
-    rec = Recorder()
-    b: MicroBatcher[int, int] = MicroBatcher(rec, BatcherConfig(max_batch_size=64, max_wait_ms=30))
+def job(tag: int, lengths: list[int], **opts: Any) -> CompressJob:
+    return CompressJob("compress", (tag, lengths), opts)
+
+
+def expected(tag: int, lengths: list[int], rounds: int = 1) -> list[float]:
+    return [float(tag * n) for n in lengths] * rounds
+
+
+async def blocked(svc: CompressorService, comp: Scripted) -> asyncio.Task[Any]:
+    """Start a request whose call holds the only worker until `comp.classifier.gate` is set."""
+    comp.classifier.gate.clear()
+    comp.classifier.entered.clear()
+    task = asyncio.create_task(svc.run(job(1, [3])))
+    assert await asyncio.to_thread(comp.classifier.entered.wait, 10)
+    return task
+
+
+async def test_windows_of_concurrent_requests_share_calls() -> None:
+    comp = Scripted()
+    svc = CompressorService(comp, BatcherConfig(max_batch_windows=8, max_batch_tokens=10_000, max_wait_ms=10_000))
+    first = await blocked(svc, comp)
+    reqs = [(t, [5, 7]) for t in range(2, 10)]  # 8 requests, 16 windows
+    tasks = [asyncio.create_task(svc.run(job(t, ls))) for t, ls in reqs]
+    await asyncio.sleep(0)  # let the tasks enqueue before the worker is released
+    comp.classifier.gate.set()
+    assert await first == expected(1, [3])
+    assert [await t for t in tasks] == [expected(t, ls) for t, ls in reqs]
+    await svc.aclose()
+    later = comp.classifier.calls[1:]
+    assert len(later) == 2 and all(len(c) == 8 for c in later)  # 16 windows in two full calls
+    assert svc.stats.shared_batches == 2 and svc.stats.largest_batch == 8
+    assert svc.stats.requests == 9 and svc.stats.windows == 17
+
+
+async def test_calls_group_windows_by_length() -> None:
+    comp = Scripted()
+    svc = CompressorService(comp, BatcherConfig(max_batch_windows=3, max_batch_tokens=1000, max_wait_ms=10_000))
+    first = await blocked(svc, comp)
+    tasks = [asyncio.create_task(svc.run(job(t, ls))) for t, ls in ((2, [10, 500]), (3, [12, 490]))]
+    await asyncio.sleep(0)
+    comp.classifier.gate.set()
+    await first
+    assert [await t for t in tasks] == [expected(2, [10, 500]), expected(3, [12, 490])]
+    await svc.aclose()
+    calls = [sorted((len(s), s[0]) for s in call) for call in comp.classifier.calls[1:]]
+    # the oldest window, then its closest neighbours in length while the padded size fits
+    assert calls == [[(10, 2), (12, 3)], [(490, 3), (500, 2)]]
+    assert svc.stats.padded_positions == 3 + 2 * 12 + 2 * 500 and svc.stats.shared_batches == 2
+
+
+async def test_token_limit_splits_calls_and_a_long_window_runs_alone() -> None:
+    comp = Scripted()
+    svc = CompressorService(comp, BatcherConfig(max_batch_windows=16, max_batch_tokens=100, max_wait_ms=10_000))
+    assert await svc.run(job(2, [30, 30, 30, 30, 200])) == expected(2, [30, 30, 30, 30, 200])
+    await svc.aclose()
+    assert [sorted(len(s) for s in c) for c in comp.classifier.calls] == [[30, 30, 30], [30], [200]]
+
+
+async def test_a_lone_request_does_not_wait_for_others() -> None:
+    comp = Scripted()
+    svc = CompressorService(comp, BatcherConfig(max_wait_ms=60_000))
     t0 = time.perf_counter()
-    assert await b.submit(4) == 8
-    elapsed = time.perf_counter() - t0
-    await b.aclose()
-    assert 0.025 <= elapsed < 1.0
-    assert rec.batches == [[4]]
+    assert await svc.run(job(3, [4, 4], rounds=2)) == expected(3, [4, 4], 2)
+    await svc.aclose()
+    assert time.perf_counter() - t0 < 30  # nothing could join it, so max_wait_ms did not apply
+    assert svc.stats.batches == 2
 
 
 async def test_inference_runs_off_the_event_loop() -> None:
-    rec = Recorder(delay=0.3)
-    b: MicroBatcher[int, int] = MicroBatcher(rec, BatcherConfig(max_wait_ms=0))
-    ticks = 0
-
-    async def heartbeat() -> None:
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.01)
-            ticks += 1
-
-    hb = asyncio.create_task(heartbeat())
-    assert await b.submit(1) == 2
-    hb.cancel()
-    await b.aclose()
-    assert threading.get_ident() not in rec.threads
-    assert ticks >= 10  # the loop kept running while the batch slept 0.3 s in a worker thread
+    comp = Scripted()
+    svc = CompressorService(comp)
+    await svc.run(job(2, [3]))
+    await svc.aclose()
+    assert comp.classifier.threads and threading.get_ident() not in comp.classifier.threads
 
 
-async def test_workers_run_batches_in_parallel() -> None:
-    rec = Recorder(delay=0.2)
-    b: MicroBatcher[int, int] = MicroBatcher(rec, BatcherConfig(max_batch_size=1, max_wait_ms=0, workers=3))
-    t0 = time.perf_counter()
-    out = await asyncio.gather(*(b.submit(i) for i in range(3)))
-    elapsed = time.perf_counter() - t0
-    await b.aclose()
-    assert out == [0, 2, 4]
-    assert rec.max_running == 3
-    assert elapsed < 0.5
-
-
-async def test_requests_arriving_while_busy_form_the_next_batch() -> None:
-    gate = threading.Event()
-    rec = Recorder(gate=gate)
-    b: MicroBatcher[int, int] = MicroBatcher(rec, BatcherConfig(max_batch_size=16, max_wait_ms=1))
-    first = asyncio.create_task(b.submit(0))
-    await asyncio.sleep(0.05)  # batch [0] is now blocked in the worker
-    rest = [asyncio.create_task(b.submit(i)) for i in range(1, 6)]
-    await asyncio.sleep(0.05)
-    gate.set()
-    assert await first == 0
-    assert [await t for t in rest] == [2, 4, 6, 8, 10]
-    await b.aclose()
-    assert rec.batches == [[0], [1, 2, 3, 4, 5]]
+async def test_batching_off_runs_one_request_at_a_time() -> None:
+    comp = Scripted()
+    svc = CompressorService(comp, BatcherConfig(batching=False))
+    first = await blocked(svc, comp)
+    tasks = [asyncio.create_task(svc.run(job(t, [5, 6]))) for t in range(2, 6)]
+    await asyncio.sleep(0)
+    comp.classifier.gate.set()
+    await first
+    assert [await t for t in tasks] == [expected(t, [5, 6]) for t in range(2, 6)]
+    await svc.aclose()
+    assert svc.stats.shared_batches == 0
+    assert [sorted({s[0] for s in c}) for c in comp.classifier.calls[1:]] == [[2], [3], [4], [5]]
 
 
 async def test_full_queue_raises_overloaded() -> None:
-    gate = threading.Event()
-    rec = Recorder(gate=gate)
-    b: MicroBatcher[int, int] = MicroBatcher(rec, BatcherConfig(max_batch_size=1, max_wait_ms=0, max_queue=2))
-    running = asyncio.create_task(b.submit(0))
-    await asyncio.sleep(0.05)
-    queued = [asyncio.create_task(b.submit(i)) for i in (1, 2)]
-    await asyncio.sleep(0.01)
-    with pytest.raises(CompressorOverloaded, match="max_queue 2") as ei:
-        await b.submit(3)
-    assert ei.value.retry_after > 0
-    assert b.stats.rejected == 1
-    gate.set()
-    assert await running == 0
-    assert [await q for q in queued] == [2, 4]
-    await b.aclose()
+    comp = Scripted()
+    svc = CompressorService(comp, BatcherConfig(max_queue=1))
+    first = await blocked(svc, comp)
+    queued = asyncio.create_task(svc.run(job(2, [2])))
+    await asyncio.sleep(0)
+    with pytest.raises(CompressorOverloaded, match="max_queue 1") as ei:
+        await svc.run(job(3, [2]))
+    assert ei.value.retry_after > 0 and svc.stats.rejected == 1
+    comp.classifier.gate.set()
+    assert await first == expected(1, [3]) and await queued == expected(2, [2])
+    await svc.aclose()
 
 
 async def test_cancelled_queued_request_is_skipped() -> None:
-    gate = threading.Event()
-    rec = Recorder(gate=gate)
-    b: MicroBatcher[int, int] = MicroBatcher(rec, BatcherConfig(max_batch_size=8, max_wait_ms=1))
-    running = asyncio.create_task(b.submit(0))
-    await asyncio.sleep(0.05)
-    doomed = asyncio.create_task(b.submit(7))
-    kept = asyncio.create_task(b.submit(8))
-    await asyncio.sleep(0.01)
+    comp = Scripted()
+    svc = CompressorService(comp)
+    first = await blocked(svc, comp)
+    doomed = asyncio.create_task(svc.run(job(7, [2])))
+    kept = asyncio.create_task(svc.run(job(8, [2])))
+    await asyncio.sleep(0)
     doomed.cancel()
-    gate.set()
-    assert await running == 0
-    assert await kept == 16
     with pytest.raises(asyncio.CancelledError):
         await doomed
-    await b.aclose()
-    assert 7 not in [x for batch in rec.batches for x in batch]
-    assert b.stats.cancelled_before_run == 1
+    comp.classifier.gate.set()
+    assert await first == expected(1, [3]) and await kept == expected(8, [2])
+    await svc.aclose()
+    assert all(s[0] != 7 for c in comp.classifier.calls for s in c)
+    assert svc.stats.cancelled_before_run == 1
 
 
 async def test_cancelled_while_running_does_not_disturb_others() -> None:
-    gate = threading.Event()
-    rec = Recorder(gate=gate)
-    b: MicroBatcher[int, int] = MicroBatcher(rec, BatcherConfig(max_batch_size=8, max_wait_ms=20))
-    a = asyncio.create_task(b.submit(1))
-    c = asyncio.create_task(b.submit(2))
-    await asyncio.sleep(0.1)  # both are in the running batch
+    comp = Scripted()
+    svc = CompressorService(comp)
+    comp.classifier.gate.clear()
+    a = asyncio.create_task(svc.run(job(2, [3], rounds=2)))
+    c = asyncio.create_task(svc.run(job(3, [3])))
+    assert await asyncio.to_thread(comp.classifier.entered.wait, 10)
     a.cancel()
-    gate.set()
-    assert await c == 4
     with pytest.raises(asyncio.CancelledError):
         await a
-    await b.aclose()
-    assert rec.batches == [[1, 2]]
-    # the batcher still works afterwards
-    b2: MicroBatcher[int, int] = MicroBatcher(Recorder())
-    assert await b2.submit(5) == 10
-    await b2.aclose()
+    comp.classifier.gate.set()
+    assert await c == expected(3, [3])
+    assert await svc.run(job(4, [1])) == expected(4, [1])  # still serving
+    await svc.aclose()
+    assert sum(1 for call in comp.classifier.calls for s in call if s[0] == 2) == 1  # no second round
 
 
-async def test_bad_item_fails_alone() -> None:
-    rec = Recorder()
-    b: MicroBatcher[int, int] = MicroBatcher(rec, BatcherConfig(max_batch_size=8, max_wait_ms=30))
-    results = await asyncio.gather(b.submit(1), b.submit(-1), b.submit(13), b.submit(3), return_exceptions=True)
-    await b.aclose()
-    assert results[0] == 2 and results[3] == 6
-    assert isinstance(results[1], ValueError) and "negative" in str(results[1])
-    assert isinstance(results[2], ValueError) and "unlucky" in str(results[2])
-    # the failing batch was retried item by item
-    assert [1, -1, 13, 3] in rec.batches and [1] in rec.batches and [-1] in rec.batches
-
-
-async def test_wrong_result_count_is_an_error() -> None:
-    b: MicroBatcher[int, int] = MicroBatcher(lambda items: [], BatcherConfig(max_wait_ms=0))
-    with pytest.raises(RuntimeError, match="returned 0 results for 1 items"):
-        await b.submit(1)
-    await b.aclose()
+async def test_a_bad_request_fails_alone() -> None:
+    comp = Scripted()
+    svc = CompressorService(comp, BatcherConfig(max_wait_ms=10_000))
+    first = await blocked(svc, comp)
+    tasks = [asyncio.create_task(svc.run(j)) for j in (job(2, [4]), job(-1, [4]), job(-2, []), job(5, [4]))]
+    await asyncio.sleep(0)
+    comp.classifier.gate.set()
+    await first
+    good, bad_call, bad_steps, good2 = await asyncio.gather(*tasks, return_exceptions=True)
+    await svc.aclose()
+    assert good == expected(2, [4]) and good2 == expected(5, [4])
+    assert isinstance(bad_call, RuntimeError) and "bad window" in str(bad_call)
+    assert isinstance(bad_steps, ValueError) and "bad request" in str(bad_steps)
+    assert [[-1] * 4] in comp.classifier.calls  # the failing call was retried per request
 
 
 async def test_close_fails_queued_and_rejects_new() -> None:
-    gate = threading.Event()
-    rec = Recorder(gate=gate)
-    b: MicroBatcher[int, int] = MicroBatcher(rec, BatcherConfig(max_batch_size=1, max_wait_ms=0))
-    running = asyncio.create_task(b.submit(0))
-    await asyncio.sleep(0.05)
-    queued = asyncio.create_task(b.submit(1))
-    await asyncio.sleep(0.01)
-    closing = asyncio.create_task(b.aclose())
-    await asyncio.sleep(0.01)
+    comp = Scripted()
+    svc = CompressorService(comp)
+    first = await blocked(svc, comp)
+    queued = asyncio.create_task(svc.run(job(2, [2])))
+    await asyncio.sleep(0)
+    closing = asyncio.create_task(svc.aclose())
     with pytest.raises(BatcherClosed):
         await queued
-    gate.set()
+    comp.classifier.gate.set()
     await closing
-    assert await running == 0  # the running batch finished
+    assert await first == expected(1, [3])  # the started request finished
     with pytest.raises(BatcherClosed):
-        await b.submit(2)
+        await svc.run(job(3, [2]))
 
 
-def test_config_is_validated() -> None:
-    for bad in ({"max_batch_size": 0}, {"max_wait_ms": -1}, {"workers": 0}, {"max_queue": 0}):
+async def test_unknown_method_is_rejected() -> None:
+    svc = CompressorService(Scripted())
+    with pytest.raises(ValueError, match="unknown compressor method"):
+        await svc.run(CompressJob("keep_probs", [], {}))
+    await svc.aclose()
+
+
+def test_policy_defaults_follow_the_provider() -> None:
+    cpu = BatcherConfig().resolved("CPUExecutionProvider")
+    gpu = BatcherConfig(max_wait_ms=0).resolved("CUDAExecutionProvider")
+    assert (cpu.max_batch_windows, cpu.max_batch_tokens, cpu.max_wait_ms) == (
+        CPU_POLICY.max_batch_windows, CPU_POLICY.max_batch_tokens, CPU_POLICY.max_wait_ms)
+    assert (gpu.max_batch_windows, gpu.max_batch_tokens, gpu.max_wait_ms) == (
+        GPU_POLICY.max_batch_windows, GPU_POLICY.max_batch_tokens, 0)
+    assert GPU_POLICY.max_batch_windows > CPU_POLICY.max_batch_windows  # type: ignore[operator]
+    for bad in ({"max_batch_windows": 0}, {"max_batch_tokens": 0}, {"max_wait_ms": -1}, {"workers": 0},
+                {"max_queue": 0}, {"max_batch_size": 0}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             BatcherConfig(**bad)  # type: ignore[arg-type]

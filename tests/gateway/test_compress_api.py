@@ -153,5 +153,5 @@ async def test_from_stage(tmp_path_factory: pytest.TempPathFactory) -> None:
     api = CompressAPI.from_stage(stage)
     out = await api.handle_json({"text": TEXTS[2], "rate": 0.5})
     assert out["model"] == "onnx" and out["compressed_tokens"] <= out["origin_tokens"]
-    assert stage.service.batcher.stats.requests == 1  # the stage's batcher served it
+    assert stage.service.stats.requests == 1  # the stage's service served it
     await stage.aclose()
