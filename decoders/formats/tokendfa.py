@@ -22,6 +22,7 @@ from decoders.formats.nodes import FormatError
 from decoders.formats.regex import parse_regex
 from decoders.formats.template import parse_template, template_slots
 from decoders.formats.tokens import TokenBytes, token_bytes
+from decoders.resources import ResourceCache
 
 __all__ = ["FORMAT_KINDS", "MAX_TOKEN_STATES", "UNREACHABLE", "TokenDFA", "build_token_dfa", "compile_format"]
 
@@ -240,8 +241,7 @@ def _distances(accept: np.ndarray, edges: list[list[tuple[int, int]]]) -> np.nda
     return dist
 
 
-def _check_spellable(template: str, tokenizer: Any) -> None:
-    tb = token_bytes(tokenizer)
+def _check_spellable(template: str, tb: TokenBytes) -> None:
     for part in template_slots(template):
         texts = [part] if isinstance(part, str) else list(part.options)
         for text in texts:
@@ -251,18 +251,20 @@ def _check_spellable(template: str, tokenizer: Any) -> None:
                                   "template")
 
 
-def compile_format(kind: str, source: str, tokenizer: Any) -> TokenDFA:
-    """Compile a template or a regex (``kind``) to the token automaton for ``tokenizer``.
+def compile_format(kind: str, source: str, tokenizer: Any, resources: ResourceCache | None = None) -> TokenDFA:
+    """Compile a template or a regex (``kind``) to the token automaton for ``tokenizer`` (its vocabulary
+    table is kept in ``resources`` when given).
 
     Raises :class:`FormatError` (with ``.kind``) for bad syntax, an unsupported construct, or a format
     that the tokenizer cannot write.
     """
     if kind not in FORMAT_KINDS:
         raise FormatError(f"unknown format kind {kind!r}; expected one of {FORMAT_KINDS}", kind)
+    tb = token_bytes(tokenizer, resources)
     if kind == "template":
         node = parse_template(source)
-        _check_spellable(source, tokenizer)
+        _check_spellable(source, tb)
     else:
         node = parse_regex(source)
     bdfa = compile_bytes(node, kind)
-    return build_token_dfa(bdfa, token_bytes(tokenizer), kind, source)
+    return build_token_dfa(bdfa, tb, kind, source)

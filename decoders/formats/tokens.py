@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
 from decoders.formats.bytedfa import DEAD, ByteDFA
-from decoders.trie_vocab import _token_bytes  # the bytes each id spells, without the trie decoder's byte trie
+from decoders.resources import ResourceCache
+from decoders.trie.vocab import _token_bytes  # the bytes each id spells, without the trie decoder's byte trie
 
 __all__ = ["Lifted", "TokenBytes", "token_bytes"]
 
@@ -106,11 +106,9 @@ class TokenBytes:
         return Lifted(cur, first, last, same)
 
 
-@lru_cache(maxsize=8)
-def _cached(tokenizer: Any) -> TokenBytes:
-    return TokenBytes(tokenizer)
-
-
-def token_bytes(tokenizer: Any) -> TokenBytes:
-    """The (cached, per tokenizer object) :class:`TokenBytes`."""
-    return _cached(tokenizer)
+def token_bytes(tokenizer: Any, resources: ResourceCache | None = None) -> TokenBytes:
+    """The tokenizer's :class:`TokenBytes`, kept in the model's ``resources`` when given (built once per model)."""
+    if resources is None:
+        return TokenBytes(tokenizer)
+    tb: TokenBytes = resources.get_or_build(("formats.tokens", id(tokenizer)), lambda: TokenBytes(tokenizer))
+    return tb
