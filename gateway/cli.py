@@ -214,8 +214,8 @@ async def _serve(config: GatewayConfig, source: str = "<config>") -> int:
 
     import uvicorn
 
-    from gateway.http_app import create_app
-    from gateway.service import Gateway
+    from gateway.http.app import create_app
+    from gateway.core.gateway import Gateway
 
     class _Server(uvicorn.Server):
         @contextlib.contextmanager
@@ -260,7 +260,7 @@ async def _serve(config: GatewayConfig, source: str = "<config>") -> int:
     grpc_handle: Any = None
     if sc.grpc_port is not None:
         try:
-            from gateway.grpc_server import start_grpc_server
+            from gateway.grpc.server import start_grpc_server
         except ImportError as e:
             logger.warning("gRPC front end not available (%s); serving HTTP only", e)
         else:
@@ -359,7 +359,7 @@ _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from gateway.logs import configure_logging
+    from gateway.observe.logs import configure_logging
 
     try:
         config, source = _serve_config(args)

@@ -9,7 +9,7 @@ from gateway.providers.openai import OpenAIProvider
 
 if TYPE_CHECKING:
     from gateway.config import BackendConfig
-    from gateway.metrics import Metrics
+    from gateway.observe.metrics import Metrics
 
 __all__ = ["PROVIDERS", "Provider", "ProviderFactory"]
 

@@ -9,7 +9,7 @@ from gateway.types import Completion, GatewayRequest, ModelInfo, StreamChunk
 
 if TYPE_CHECKING:
     from gateway.config import BackendConfig
-    from gateway.metrics import Metrics
+    from gateway.observe.metrics import Metrics
 
 __all__ = ["Provider", "ProviderFactory"]
 

@@ -37,7 +37,7 @@ from gateway.types import Completion, GatewayRequest, ModelInfo, StreamChunk
 
 if TYPE_CHECKING:
     from gateway.config import BackendConfig
-    from gateway.metrics import Metrics
+    from gateway.observe.metrics import Metrics
 
 __all__ = ["DECODER_FACTORIES", "TINY_PREFIX", "LocalProvider", "resolve_model_source"]
 

@@ -25,12 +25,12 @@ from gateway.providers.http1 import (
     Response,
     StaleConnection,
 )
-from gateway.tracing import inject
+from gateway.observe.tracing import inject
 from gateway.types import Completion, GatewayRequest, ModelInfo, StreamChunk
 
 if TYPE_CHECKING:
     from gateway.config import BackendConfig
-    from gateway.metrics import Metrics
+    from gateway.observe.metrics import Metrics
 
 __all__ = ["OpenAIProvider", "upstream_errors"]
 

@@ -9,7 +9,7 @@ import pytest
 
 from compressors.llmlingua2.compressor import Compressor
 from compressors.llmlingua2.serving import BatcherConfig, CompressorService
-from gateway.compress_api import CompressAPI
+from gateway.stages.compress_api import CompressAPI
 from gateway.errors import InvalidRequest, NotFound
 from protos.promptwire.v1 import common_pb2, compress_pb2, options_pb2
 from tests.compressors.test_serving_model import TEXTS, tiny_exported

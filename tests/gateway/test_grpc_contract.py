@@ -49,7 +49,7 @@ async def test_grpc_request_id_over_200_chars_is_not_forwarded(make_upstream: An
 
 
 async def test_grpc_deadline_mid_stream_counts_as_504(make_upstream: Any) -> None:
-    from gateway.service import Gateway
+    from gateway.core.gateway import Gateway
     from tests.support.grpc_stub import serving_stub
 
     up = make_upstream(chunk_delay_s=0.3)
@@ -78,7 +78,7 @@ async def test_grpc_deadline_mid_stream_is_504_even_when_only_grpc_enforces_it(
 ) -> None:
     """Without the gateway's own deadline (no read timeout can fire first), grpc cancels the handler
     when the client's deadline passes: that is a timeout (504), not a client that left (499)."""
-    from gateway.service import Gateway
+    from gateway.core.gateway import Gateway
     from tests.support.grpc_stub import serving_stub
 
     monkeypatch.setattr(Gateway, "_deadline", lambda self, req: None)
@@ -112,7 +112,7 @@ async def test_grpc_deadline_mid_stream_is_504_even_when_only_grpc_enforces_it(
 async def test_upstream_seconds_observed_for_grpc_streams_and_models_name_their_backend(
     make_upstream: Any,
 ) -> None:
-    from gateway.service import Gateway
+    from gateway.core.gateway import Gateway
     from tests.support.grpc_stub import serving_stub
 
     up = make_upstream(latency_s=0.05)
@@ -135,8 +135,8 @@ async def test_upstream_seconds_observed_for_grpc_streams_and_models_name_their_
 async def test_reflection_v1_and_v1alpha(make_upstream: Any) -> None:
     from grpc_reflection.v1alpha import reflection_pb2
 
-    from gateway.grpc_server import SERVICE_NAME, start_grpc_server
-    from gateway.service import Gateway
+    from gateway.grpc.server import SERVICE_NAME, start_grpc_server
+    from gateway.core.gateway import Gateway
 
     gw = Gateway(GatewayConfig.model_validate(_cfg(make_upstream().url)))
     await gw.start()
@@ -231,8 +231,8 @@ async def test_chat_streams_tool_calls_and_refusal_end_to_end() -> None:
 async def test_unauthenticated_calls_do_not_use_up_model_labels(make_upstream: Any) -> None:
     import hashlib
 
-    from gateway.metrics import MAX_MODEL_LABELS
-    from gateway.service import Gateway
+    from gateway.observe.metrics import MAX_MODEL_LABELS
+    from gateway.core.gateway import Gateway
     from tests.support.grpc_stub import serving_stub
 
     up = make_upstream()

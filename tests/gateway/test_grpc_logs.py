@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 import pytest
 
-from gateway.logs import JsonFormatter
+from gateway.observe.logs import JsonFormatter
 from protos.promptwire.v1 import common_pb2, gateway_pb2
 from tests.support.grpc_stub import grpc_stub
 from tests.support.proxy import upstream_config
@@ -141,7 +141,7 @@ def test_http_error_and_access_lines_carry_the_request_id(
 
 
 def test_json_lines_have_request_id_as_a_field() -> None:
-    rec = logging.LogRecord("gateway.grpc_server", logging.WARNING, __file__, 1, "request %s: %s", ("r-9", "x"), None)
+    rec = logging.LogRecord("gateway.grpc.server", logging.WARNING, __file__, 1, "request %s: %s", ("r-9", "x"), None)
     rec.__dict__.update({"request_id": "r-9", "status": 502})
     out = json.loads(JsonFormatter().format(rec))
     assert (out["request_id"], out["status"], out["level"]) == ("r-9", 502, "warning")

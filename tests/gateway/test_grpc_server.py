@@ -16,8 +16,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from gateway.config import GatewayConfig
-from gateway.grpc_server import SERVICE_NAME, GrpcHandle, start_grpc_server
-from gateway.service import Gateway
+from gateway.grpc.server import SERVICE_NAME, GrpcHandle, start_grpc_server
+from gateway.core.gateway import Gateway
 from protos.promptwire.v1 import common_pb2, compress_pb2, gateway_pb2, gateway_pb2_grpc, options_pb2
 from tests.support.upstream import UpstreamServer
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from gateway.logs import JsonFormatter
-from gateway.tracing import Tracer
+from gateway.observe.logs import JsonFormatter
+from gateway.observe.tracing import Tracer
 from tests.support.proxy import upstream_config
 
 SECRET = "my secret prompt words"

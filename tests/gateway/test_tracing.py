@@ -206,8 +206,8 @@ async def _grpc_chat(up: Any, metadata: tuple[tuple[str, str], ...]) -> InMemory
     import grpc
 
     from gateway.config import GatewayConfig
-    from gateway.grpc_server import start_grpc_server
-    from gateway.service import Gateway
+    from gateway.grpc.server import start_grpc_server
+    from gateway.core.gateway import Gateway
     from protos.promptwire.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
     gw = Gateway(GatewayConfig.model_validate({**upstream_config(up.url), "otel": True}))

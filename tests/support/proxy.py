@@ -15,8 +15,8 @@ import uvicorn
 import uvloop
 
 from gateway.config import GatewayConfig, validate_config
-from gateway.http_app import create_app
-from gateway.service import Gateway
+from gateway.http.app import create_app
+from gateway.core.gateway import Gateway
 from gateway.stages.base import StageFactory
 
 __all__ = ["RunningProxy", "upstream_config"]

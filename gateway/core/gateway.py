@@ -30,14 +30,14 @@ from gateway.errors import (
     UpstreamError,
     UpstreamStatusError,
 )
-from gateway.metrics import Metrics
+from gateway.observe.metrics import Metrics
 from gateway.providers.base import Provider, ProviderFactory
 from gateway.stages.base import IMPLEMENTED_DECODERS, RESERVED_DECODERS, RESERVED_STAGES, Stage, StageFactory
-from gateway.tracing import RequestTrace, Tracer
+from gateway.observe.tracing import RequestTrace, Tracer
 from gateway.types import Completion, GatewayRequest, ModelInfo, StageStats, StreamChunk, Usage
 
 if TYPE_CHECKING:
-    from gateway.compress_api import CompressAPI
+    from gateway.stages.compress_api import CompressAPI
 
 T = TypeVar("T")
 
@@ -148,7 +148,7 @@ class Gateway:
             self._stages[name] = self._build_stage(name)
         compress = self._stages.get("compress")
         if compress is not None:
-            from gateway.compress_api import CompressAPI
+            from gateway.stages.compress_api import CompressAPI
             from gateway.stages.compress import CompressStage
 
             if isinstance(compress, CompressStage):

@@ -19,10 +19,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from gateway.errors import BodyTooLarge, InvalidRequest, Overloaded, PromptwireError, UpstreamStatusError
-from gateway.http_models import ChatCompletionRequest, CompletionRequest, openapi_document
-from gateway.logs import access_log, error_log
-from gateway.metrics import CONTENT_TYPE
-from gateway.service import ApiKey, Gateway, GatewayStream
+from gateway.http.models import ChatCompletionRequest, CompletionRequest, openapi_document
+from gateway.observe.logs import access_log, error_log
+from gateway.observe.metrics import CONTENT_TYPE
+from gateway.core.gateway import ApiKey, Gateway, GatewayStream
 from gateway.stages.base import RESERVED_STAGES
 from gateway.types import ChatMessage, GatewayRequest, RequestKind, StageStats
 

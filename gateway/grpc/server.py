@@ -16,11 +16,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from gateway import grpc_convert as conv
+from gateway.grpc import convert as conv
 from gateway.errors import PromptwireError
-from gateway.logs import access_log, error_log
-from gateway.metrics import Metrics
-from gateway.service import Gateway, GatewayStream
+from gateway.observe.logs import access_log, error_log
+from gateway.observe.metrics import Metrics
+from gateway.core.gateway import Gateway, GatewayStream
 from gateway.types import GatewayRequest
 from protos.promptwire.v1 import compress_pb2, gateway_pb2, gateway_pb2_grpc
 
@@ -32,7 +32,7 @@ SERVICE_NAME: str = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 """``promptwire.v1.Gateway``: the service name in health checks and reflection."""
 
 CompressHandler = Callable[[compress_pb2.CompressRequest], Awaitable[compress_pb2.CompressResponse]]
-"""``await handler(request) -> response``: the Compress logic, e.g. ``gateway.compress_api.CompressAPI.handle_proto``;
+"""``await handler(request) -> response``: the Compress logic, e.g. ``gateway.stages.compress_api.CompressAPI.handle_proto``;
 it raises PromptwireError subclasses, which the servicer maps like any other."""
 
 STATS_KEY = "x-promptwire-stats"

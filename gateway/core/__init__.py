@@ -1,0 +1,1 @@
+"""The gateway core: policy (auth, admission, limits), routing (backends, failover), the pipeline."""
