@@ -98,13 +98,6 @@ def _serve_config(args: argparse.Namespace, env: dict[str, str] | None = None) -
             raw["default_backend"] = first
             origins[("default_backend",)] = "command line --upstream"
     if args.model:
-        from gateway.providers import PROVIDERS
-
-        if "local" not in PROVIDERS:
-            raise ConfigError(
-                "--model needs the local provider, which this build of promptwire does not include yet; "
-                "serve an OpenAI-compatible upstream instead with --upstream http://HOST:PORT/v1"
-            )
         backends = _cli_backends(raw, source)
         for i, path in enumerate(args.model):
             name = f"local{i + 1}" if i else "local"
@@ -214,8 +207,8 @@ async def _serve(config: GatewayConfig, source: str = "<config>") -> int:
 
     import uvicorn
 
-    from gateway.http.app import create_app
     from gateway.core.gateway import Gateway
+    from gateway.http.app import create_app
 
     class _Server(uvicorn.Server):
         @contextlib.contextmanager

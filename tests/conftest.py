@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from gateway.stages.table import STAGES, StageEntry
 from tests.support.proxy import RunningProxy
 from tests.support.upstream import Knobs, UpstreamServer
 
@@ -27,8 +28,19 @@ def make_upstream() -> Iterator[Callable[..., UpstreamServer]]:
 
 
 @pytest.fixture
+def register_stage(monkeypatch: pytest.MonkeyPatch) -> Callable[[StageEntry], None]:
+    """``register_stage(entry)``: one more stage in the table for this test (config validation, HTTP,
+    gRPC and the pipeline all read that one table)."""
+
+    def register(entry: StageEntry) -> None:
+        monkeypatch.setitem(STAGES, entry.name, entry)
+
+    return register
+
+
+@pytest.fixture
 def make_proxy() -> Iterator[Callable[..., RunningProxy]]:
-    """``make_proxy(config_dict_or_GatewayConfig, stages=None)`` -> a running proxy, stopped after the test."""
+    """``make_proxy(config_dict_or_GatewayConfig)`` -> a running proxy, stopped after the test."""
     started: list[RunningProxy] = []
 
     def make(config: Mapping[str, Any] | Any, **kw: Any) -> RunningProxy:

@@ -1,56 +1,40 @@
-"""Gateway configuration: one YAML file plus PROMPTWIRE_* environment overrides, validated at start."""
+"""The typed configuration: one class per section, per backend type (stage classes: config/stages.py)."""
 
 from __future__ import annotations
 
-import os
 import re
 import ssl
-import types
-import typing
 from collections.abc import Mapping
-from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from gateway.config.base import Strict
+from gateway.config.stages import DecodersConfig, StagesConfig
+
 __all__ = [
+    "AnyBackend",
     "ApiKeyConfig",
     "AuthConfig",
     "BackendConfig",
-    "ConfigError",
     "GatewayConfig",
     "LimitsConfig",
+    "LocalBackendConfig",
     "ModelRoute",
+    "OpenAIBackendConfig",
     "RetryConfig",
     "ServerConfig",
     "StageSpec",
     "TimeoutConfig",
-    "apply_env",
-    "default_config_text",
-    "load_config",
-    "load_raw",
-    "parse_config",
-    "parse_raw",
-    "validate_config",
 ]
 
-ENV_PREFIX = "PROMPTWIRE_"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-class ConfigError(Exception):
-    """The configuration is invalid; the message names the file, the key path and the reason."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ServerConfig(_Strict):
+class ServerConfig(Strict):
     host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
     grpc_port: int | None = Field(default=50051, ge=0, le=65535)
@@ -66,7 +50,7 @@ class ServerConfig(_Strict):
     access_log: bool = False
 
 
-class LimitsConfig(_Strict):
+class LimitsConfig(Strict):
     max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     max_prompt_chars: int | None = Field(default=2_000_000, gt=0)
     max_prompt_tokens: int | None = Field(default=None, gt=0)
@@ -78,7 +62,7 @@ class LimitsConfig(_Strict):
     """Whole-request deadline (504); streams get it too."""
 
 
-class ApiKeyConfig(_Strict):
+class ApiKeyConfig(Strict):
     id: str
     sha256: str
     """Hex sha256 of the key (``printf %s "$KEY" | sha256sum``); the key itself is never stored."""
@@ -96,12 +80,12 @@ class ApiKeyConfig(_Strict):
         return v
 
 
-class AuthConfig(_Strict):
+class AuthConfig(Strict):
     keys: tuple[ApiKeyConfig, ...] = ()
     """No keys: authentication is off."""
 
 
-class TimeoutConfig(_Strict):
+class TimeoutConfig(Strict):
     connect_s: float = Field(default=5.0, gt=0)
     read_s: float = Field(default=300.0, gt=0)
     """Longest silence between two reads from the upstream."""
@@ -109,7 +93,7 @@ class TimeoutConfig(_Strict):
     """Longest whole upstream exchange, all attempts included."""
 
 
-class RetryConfig(_Strict):
+class RetryConfig(Strict):
     max_attempts: int = Field(default=3, ge=1)
     """Attempts per upstream (1 = no retries); failover moves to the next upstream after these."""
     backoff_s: float = Field(default=0.05, ge=0)
@@ -118,15 +102,21 @@ class RetryConfig(_Strict):
     """A 429 with a longer Retry-After is not waited for: the error goes to the client."""
 
 
-class BackendConfig(_Strict):
-    type: Literal["openai", "local"] = "openai"
-    base_url: str | None = None
-    """Upstream API root including /v1, e.g. http://127.0.0.1:8000/v1 (type openai)."""
+class _Backend(Strict):
+    models: tuple[str, ...] | None = None
+    """Models this backend serves; None: discovered from the upstream's /v1/models at start (type openai),
+    or the model's own name (type local)."""
+
+
+class OpenAIBackendConfig(_Backend):
+    """``type: openai``: an OpenAI-compatible upstream (vLLM, TGI, OpenAI, ...)."""
+
+    type: Literal["openai"] = "openai"
+    base_url: str
+    """Upstream API root including /v1, e.g. http://127.0.0.1:8000/v1."""
     api_key: str | None = None
     api_key_env: str | None = None
     """Name of an environment variable holding the upstream key (preferred over api_key)."""
-    models: tuple[str, ...] | None = None
-    """Models this backend serves; None: discovered from its /v1/models at start."""
     timeouts: TimeoutConfig = Field(default_factory=TimeoutConfig)
     retries: RetryConfig = Field(default_factory=RetryConfig)
     max_connections: int = Field(default=512, gt=0)
@@ -137,18 +127,8 @@ class BackendConfig(_Strict):
     working directory; checked at load. None: the system's trust store (or $SSL_CERT_FILE)."""
     tls_verify: bool = True
     """False: do not verify the upstream's certificate (https). Insecure; a warning is logged at start."""
-    model_path: str | None = None
-    """Type local: checkpoint directory or id."""
-    device: str = "auto"
-    """Type local: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    """Type local: weights' dtype; ``auto``: float16 on CUDA, float32 on CPU."""
-    max_batch_size: int = Field(default=16, ge=1, le=1024)
-    """Type local: rows decoded together (a request with an auxiliary stream takes two)."""
-    max_context: int | None = Field(default=None, ge=2)
-    """Type local: prompt + output token limit; default: the model's own."""
     structured_choice: Literal["structured_outputs", "guided_choice"] | None = None
-    """Type openai: how the upstream constrains output to one of a list (trie labels). vLLM >= 0.12:
+    """How the upstream constrains output to one of a list (trie labels). vLLM >= 0.12:
     ``structured_outputs``; older vLLM: ``guided_choice``; None: it cannot (labels get a clear 400)."""
 
     @field_validator("tls_ca_file")
@@ -176,11 +156,10 @@ class BackendConfig(_Strict):
             if not val.isprintable():
                 raise ValueError(f"header {k!r}: the value has control characters (CR, LF, ...)")
         return v
+
     @field_validator("base_url")
     @classmethod
-    def _http_url(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
+    def _http_url(cls, v: str) -> str:
         if any(c.isspace() or not c.isprintable() for c in v):
             raise ValueError(f"{v!r} has spaces or control characters")
         parts = urlsplit(v)
@@ -198,16 +177,45 @@ class BackendConfig(_Strict):
             raise ValueError("a fragment (#...) is not sent upstream; remove it")
         return v
 
-    @model_validator(mode="after")
-    def _needs_target(self) -> BackendConfig:
-        if self.type == "openai" and not self.base_url:
-            raise ValueError("type openai needs base_url (e.g. http://127.0.0.1:8000/v1)")
-        if self.type == "local" and not self.model_path:
-            raise ValueError("type local needs model_path (a checkpoint directory or Hugging Face id)")
-        return self
+
+class LocalBackendConfig(_Backend):
+    """``type: local``: a model served in-process by promptwire's decode engine (every decoder)."""
+
+    type: Literal["local"]
+    model_path: str
+    """Checkpoint directory, Hugging Face id, or ``tiny:llama|gpt2|qwen2`` (a stand-in built locally)."""
+    device: str = "auto"
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    """Weights' dtype; ``auto``: float16 on CUDA, float32 on CPU."""
+    max_batch_size: int = Field(default=16, ge=1, le=1024)
+    """Rows decoded together (a request with an auxiliary stream takes two)."""
+    max_context: int | None = Field(default=None, ge=2)
+    """Prompt + output token limit; default: the model's own."""
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", v):
+            return v
+        raise ValueError(f"{v!r} is not a device: auto, cpu, cuda or cuda:N")
 
 
-class StageSpec(_Strict):
+def _backend_type(v: Any) -> str:
+    kind = v.get("type", "openai") if isinstance(v, Mapping) else getattr(v, "type", "openai")
+    return str(kind)
+
+
+BackendConfig = Annotated[
+    Annotated[OpenAIBackendConfig, Tag("openai")] | Annotated[LocalBackendConfig, Tag("local")],
+    Discriminator(_backend_type, custom_error_type="backend_type",
+                  custom_error_message="type must be 'openai' or 'local'"),
+]
+"""``backends.<name>``: one class per backend ``type`` (default ``openai``)."""
+AnyBackend = OpenAIBackendConfig | LocalBackendConfig
+
+
+class StageSpec(Strict):
     name: str
     enabled: bool = True
     """Runs by default; False: only when a client asks for it (if client_can_enable)."""
@@ -218,7 +226,7 @@ class StageSpec(_Strict):
     client_can_enable: bool = True
 
 
-class ModelRoute(_Strict):
+class ModelRoute(Strict):
     match: str
     """Model name or glob (``gpt-4o*``, ``*``); first matching route wins."""
     backends: tuple[str, ...] = ()
@@ -229,7 +237,7 @@ class ModelRoute(_Strict):
     """Ordered pipeline; None: ``default_stages``."""
 
 
-class GatewayConfig(_Strict):
+class GatewayConfig(Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
@@ -238,315 +246,27 @@ class GatewayConfig(_Strict):
     """Where models no route or backend claims go; defaults to the first backend."""
     models: tuple[ModelRoute, ...] = ()
     default_stages: tuple[StageSpec, ...] = ()
-    stages: Mapping[str, Mapping[str, Any]] = Field(default_factory=dict)
+    stages: StagesConfig = Field(default_factory=StagesConfig)
     """Per-stage construction config (``stages.compress.model: DIR``), passed to the stage factory."""
+    decoders: DecodersConfig = Field(default_factory=DecodersConfig)
+    """Per-decoder config (``decoders.decog.hmms``)."""
     otel: bool = False
     """Emit OpenTelemetry spans when opentelemetry is installed."""
 
     @model_validator(mode="after")
     def _cross_refs(self) -> GatewayConfig:
-        problems = _xref_problems(self)
-        if problems:  # validate_config reports each at its own key path, from the raw tree
-            raise PydanticCustomError(
-                _XREF_ERROR, "; ".join(f"{_loc(loc)}: {msg}" for loc, msg in problems)
-            )
+        from gateway.config.check import XREF_ERROR, format_loc, problems
+
+        found = problems(self)
+        if found:  # validate_config reports each at its own key path, from the raw tree
+            raise PydanticCustomError(XREF_ERROR, "; ".join(f"{format_loc(loc)}: {msg}" for loc, msg in found))
         return self
+
+    def backend(self, name: str) -> AnyBackend:
+        """``backends.<name>`` (KeyError when absent)."""
+        return self.backends[name]
 
     def default_backend_name(self) -> str | None:
         if self.default_backend is not None:
             return self.default_backend
         return next(iter(self.backends), None)
-
-
-_XREF_ERROR = "cross_reference"
-
-Loc = tuple[int | str, ...]
-
-
-def _get(node: Any, key: str) -> Any:
-    """``key`` of a raw mapping or a validated model (None when absent or of the wrong kind)."""
-    if isinstance(node, Mapping):
-        return node.get(key)
-    return getattr(node, key, None) if isinstance(node, BaseModel) else None
-
-
-def _xref_problems(tree: Any) -> list[tuple[Loc, str]]:
-    """Names that must refer to a backend or a stage and do not, each with its key path. Works on the
-    raw tree too (skipping parts of the wrong shape), so these are reported beside field errors."""
-    from gateway.stages.base import RESERVED_STAGES
-
-    out: list[tuple[Loc, str]] = []
-    backends = _get(tree, "backends")
-    names = set(backends) if isinstance(backends, Mapping) else set() if backends is None else None
-    known_b = ", ".join(sorted(map(str, names or ()))) or "none"
-    known_s = ", ".join(RESERVED_STAGES)
-
-    default = _get(tree, "default_backend")
-    if names is not None and isinstance(default, str) and default not in names:
-        out.append((("default_backend",), f"{default!r} is not a key of backends (known: {known_b})"))
-
-    def stage_list(value: Any, loc: Loc) -> None:
-        if isinstance(value, (list, tuple)):
-            for j, spec in enumerate(value):
-                name = _get(spec, "name")
-                if isinstance(name, str) and name not in RESERVED_STAGES:
-                    out.append(((*loc, j, "name"), f"unknown stage {name!r} (known: {known_s})"))
-
-    routes = _get(tree, "models")
-    if isinstance(routes, (list, tuple)):
-        for i, route in enumerate(routes):
-            wanted = _get(route, "backends")
-            if names is not None and isinstance(wanted, (list, tuple)):
-                for j, b in enumerate(wanted):
-                    if isinstance(b, str) and b not in names:
-                        out.append((("models", i, "backends", j), f"{b!r} is not a key of backends (known: {known_b})"))
-            stage_list(_get(route, "stages"), ("models", i, "stages"))
-    stage_list(_get(tree, "default_stages"), ("default_stages",))
-    stages = _get(tree, "stages")
-    if isinstance(stages, Mapping):
-        for name in stages:
-            if name not in RESERVED_STAGES:
-                out.append((("stages", name), f"unknown stage {name!r} (known: {known_s})"))
-    return out
-
-
-def default_config_text() -> str:
-    """The embedded default config (package data): offline, no backend."""
-    return resources.files("gateway").joinpath("default.yaml").read_text(encoding="utf-8")
-
-
-class _Loader(yaml.SafeLoader):
-    """Safe YAML that refuses a key given twice in one mapping (YAML leaves it to the loader; the usual
-    last-one-wins hides typos such as two ``server:`` sections)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue  # ``<<: *anchor``: its keys may be overridden, that is what it is for
-            key = self.construct_object(key_node, deep=True)
-            line = key_node.start_mark.line + 1
-            try:
-                if key in seen:
-                    raise _DuplicateKey(key, line, seen[key])
-                seen[key] = line
-            except TypeError:
-                continue  # an unhashable key: the base class reports it
-        return super().construct_mapping(node, deep=deep)
-
-
-class _DuplicateKey(Exception):
-    def __init__(self, key: Any, line: int, first: int) -> None:
-        super().__init__(f"line {line}: duplicate key {key!r} (first given on line {first})")
-
-
-def _yaml_load(text: str) -> Any:
-    """Parse YAML (safe tags only); raises yaml.YAMLError or _DuplicateKey."""
-    return yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
-
-
-Origins = dict[Loc, str]
-"""Key paths whose value did not come from the file, and where it came from (``environment
-PROMPTWIRE_X``, ``command line --http-port``): errors there name that instead of the file."""
-
-
-def _norm(key: str) -> str:
-    return key.lower().replace("-", "_")
-
-
-def _shape(annotation: Any) -> tuple[str, Any]:
-    """What a field holds, for walking an env path: ("model", cls), ("map", value type), ("list", None),
-    ("any", None) or ("scalar", None)."""
-    if annotation is Any:
-        return "any", None
-    origin = typing.get_origin(annotation)
-    if origin in (Union, types.UnionType):
-        members = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return _shape(members[0]) if len(members) == 1 else ("scalar", None)
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return "model", annotation
-    if origin in (Mapping, dict) or annotation in (Mapping, dict):
-        args = typing.get_args(annotation)
-        return "map", args[1] if len(args) == 2 else Any
-    if origin in (tuple, list) or annotation in (tuple, list):
-        return "list", None
-    return "scalar", None
-
-
-def _env_path(name: str) -> str:
-    return ".".join(name[len(ENV_PREFIX) :].split("__")).lower()
-
-
-def apply_env(raw: dict[str, Any], env: Mapping[str, str], origins: Origins | None = None) -> dict[str, Any]:
-    """Apply ``PROMPTWIRE_A__B__C=value`` overrides (key path ``a.b.c``; the value is parsed as YAML) to
-    ``raw``. Each segment matches a key already in the tree (or a field name) ignoring case, with ``_``
-    and ``-`` alike, so ``PROMPTWIRE_BACKENDS__MY_TGI__BASE_URL`` sets ``backends.my-tgi.base_url``.
-    ``origins`` (when given) records which key paths came from which variable."""
-    for name in sorted(env):
-        if not name.startswith(ENV_PREFIX) or "__" not in name[len(ENV_PREFIX) :]:
-            continue
-        segments = name[len(ENV_PREFIX) :].split("__")
-        label = f"environment {name}"
-        if any(not p for p in segments):
-            raise ConfigError(f"{label}: empty key segment")
-        try:
-            value = _yaml_load(env[name])
-        except (yaml.YAMLError, _DuplicateKey) as e:
-            # Without the text: the value may be a secret (an API key).
-            why = str(e) if isinstance(e, _DuplicateKey) else getattr(e, "problem", None) or type(e).__name__
-            raise ConfigError(f"{label}: not a YAML value: {why}") from None
-        _set_env_value(raw, segments, value, label, origins)
-    return raw
-
-
-def _set_env_value(raw: dict[str, Any], segments: list[str], value: Any, label: str,
-                   origins: Origins | None) -> None:
-    node: dict[Any, Any] = raw
-    shape: tuple[str, Any] = ("model", GatewayConfig)
-    path: list[str] = []
-    for i, seg in enumerate(segments):
-        kind, arg = shape
-        if kind == "list":
-            whole = f" ({ENV_PREFIX}{'__'.join(segments[:i])}='[...]')" if i >= 2 else " in the file"
-            raise ConfigError(
-                f"{label}: {'.'.join(path)} is a list; the environment cannot set one of its items "
-                f"({seg!r}). Give the whole list as one YAML value{whole}"
-            )
-        if kind == "scalar":
-            raise ConfigError(f"{label}: {'.'.join(path)} is a single value, it has no key {seg!r}")
-        if kind == "model":
-            fields = [f for f in arg.model_fields if _norm(f) == _norm(seg)]
-            key = fields[0] if fields else seg.lower()  # unknown: validation names it (extra key)
-            shape = _shape(arg.model_fields[key].annotation) if fields else ("any", None)
-        else:
-            matches = [k for k in node if isinstance(k, str) and _norm(k) == _norm(seg)]
-            if len(matches) > 1:
-                raise ConfigError(
-                    f"{label}: {seg!r} matches several keys of {'.'.join(path) or '(top level)'} "
-                    f"({', '.join(map(repr, matches))}); rename one so they differ in more than case, '-' and '_'"
-                )
-            key = matches[0] if matches else seg.lower()
-            shape = _shape(arg) if kind == "map" else ("any", None)
-        path.append(key)
-        if i == len(segments) - 1:
-            node[key] = value
-            if origins is not None:
-                origins[tuple(path)] = label
-            return
-        nxt = node.get(key)
-        if isinstance(nxt, list):
-            shape = ("list", None)
-        if shape[0] in ("list", "scalar"):
-            continue  # the next segment reports it
-        if nxt is None:
-            nxt = node[key] = {}
-            if origins is not None:
-                origins.setdefault(tuple(path), label)
-        elif not isinstance(nxt, dict):
-            raise ConfigError(
-                f"{label}: {'.'.join(path)} holds a value of type {type(nxt).__name__}, not a mapping"
-            )
-        node = nxt
-
-
-def _loc(loc: Loc) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif isinstance(part, str) and part.startswith("function-"):
-            continue  # a model validator's wrapper, not a key
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "(top level)"
-
-
-def _keys(loc: Loc) -> Loc:
-    return tuple(p for p in loc if not (isinstance(p, str) and p.startswith("function-")))
-
-
-def _origin(loc: Loc, origins: Origins) -> str | None:
-    """Where the value at ``loc`` came from, when not from the file: the longest recorded prefix."""
-    for n in range(len(loc), 0, -1):
-        label = origins.get(loc[:n])
-        if label is not None:
-            return label
-    return None
-
-
-def validate_config(raw: Any, source: str, origins: Origins | None = None) -> GatewayConfig:
-    """Validate a parsed YAML tree; each error names ``source`` (or the environment variable or
-    command-line option the value came from, per ``origins``), the key path and the reason. All
-    errors are reported, cross references (backend and stage names) included."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: (top level): must be a mapping, got {type(raw).__name__}")
-    problems: list[tuple[Loc, str]] = []
-    try:
-        return GatewayConfig.model_validate(raw)
-    except ValidationError as e:
-        xref = [((), err["msg"]) for err in e.errors() if err["type"] == _XREF_ERROR]
-        problems = [(_keys(tuple(err["loc"])), err["msg"].removeprefix("Value error, "))
-                    for err in e.errors() if err["type"] != _XREF_ERROR]
-    # Cross references, one line per key path, from the raw tree: also when fields have errors.
-    problems += _xref_problems(raw) or xref
-    lines = []
-    for loc, msg in problems:
-        line = f"{(_origin(loc, origins or {}) or source)}: {_loc(loc)}: {msg}"
-        if line not in lines:
-            lines.append(line)
-    raise ConfigError("\n".join(lines))
-
-
-def parse_raw(
-    text: str, source: str, env: Mapping[str, str] | None = None, origins: Origins | None = None
-) -> dict[str, Any]:
-    """YAML text -> tree with ``env`` overrides applied (not validated yet)."""
-    try:
-        raw = _yaml_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{source}: not valid YAML: {e}") from None
-    except _DuplicateKey as e:
-        raise ConfigError(f"{source}: {e}") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: (top level): must be a mapping, got {type(raw).__name__}")
-    tree: dict[str, Any] = raw
-    if env:
-        tree = apply_env(tree, env, origins)
-    return tree
-
-
-EMBEDDED_SOURCE = "<embedded default.yaml>"
-
-
-def load_raw(
-    path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None, origins: Origins | None = None
-) -> tuple[dict[str, Any], str]:
-    """FILE's tree (or the embedded default's when None) with env overrides, and its name for errors."""
-    env = os.environ if env is None else env
-    if path is None:
-        return parse_raw(default_config_text(), EMBEDDED_SOURCE, env, origins), EMBEDDED_SOURCE
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{p}: not UTF-8 text: {e.reason} at byte {e.start}") from None
-    return parse_raw(text, str(p), env, origins), str(p)
-
-
-def parse_config(text: str, source: str = "<config>", env: Mapping[str, str] | None = None) -> GatewayConfig:
-    """Parse and validate YAML text; ``env`` overrides (default: none)."""
-    origins: Origins = {}
-    return validate_config(parse_raw(text, source, env, origins), source, origins)
-
-
-def load_config(path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> GatewayConfig:
-    """Load FILE (or the embedded default when None) and apply ``env`` overrides (default os.environ)."""
-    origins: Origins = {}
-    raw, source = load_raw(path, env, origins)
-    return validate_config(raw, source, origins)

@@ -1,39 +1,24 @@
-"""The gateway core both front ends call: auth, admission, routing, stages, provider calls, stats."""
+"""The Gateway both front ends call: it wires policy, routing and the pipeline into one request path."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import fnmatch
-import hashlib
-import hmac
-import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from gateway.config import GatewayConfig, StageSpec
-from gateway.errors import (
-    AuthenticationError,
-    InvalidRequest,
-    NoBackend,
-    NotFound,
-    OptionNotAllowed,
-    Overloaded,
-    PermissionDenied,
-    PromptTooLarge,
-    PromptwireError,
-    RequestTimeout,
-    ShuttingDown,
-    UpstreamError,
-    UpstreamStatusError,
-)
+from gateway.config.schema import GatewayConfig
+from gateway.core.pipeline import Pipeline, hook_stats, hooked_completion, hooked_stream
+from gateway.core.policy import Admission, ApiKey, Keys, check_limits
+from gateway.core.routing import NO_BACKEND_MESSAGE, Route, Router, aclose_stream
+from gateway.errors import NoBackend, PermissionDenied, RequestTimeout
 from gateway.observe.metrics import Metrics
-from gateway.providers.base import Provider, ProviderFactory
-from gateway.stages.base import IMPLEMENTED_DECODERS, RESERVED_DECODERS, RESERVED_STAGES, Stage, StageFactory
 from gateway.observe.tracing import RequestTrace, Tracer
+from gateway.providers.base import ProviderFactory
+from gateway.stages.base import ResponseHook, StageDeps
+from gateway.stages.table import DECODERS, STAGES, DecoderEntry, StageEntry
 from gateway.types import Completion, GatewayRequest, ModelInfo, StageStats, StreamChunk, Usage
 
 if TYPE_CHECKING:
@@ -45,410 +30,137 @@ __all__ = ["NO_BACKEND_MESSAGE", "ApiKey", "Gateway", "GatewayStream"]
 
 logger = logging.getLogger(__name__)
 
-NO_BACKEND_MESSAGE = (
-    "no backend is configured for generation. Start the gateway with an OpenAI-compatible upstream "
-    "(`promptwire serve --upstream http://HOST:PORT/v1`), a local model (`promptwire serve --model PATH`), "
-    "or a config file with a `backends:` section (`promptwire serve --config FILE`; see docs/gateway.md)."
-)
-_MODELS_CACHE_S = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class ApiKey:
-    """An authenticated client key (the secret itself is never kept)."""
-
-    id: str
-    models: tuple[str, ...]
-    stages: frozenset[str] | None
-
-    def allows_model(self, model: str) -> bool:
-        return any(p == "*" or p == model or fnmatch.fnmatchcase(model, p) for p in self.models)
-
-
-@dataclass(frozen=True, slots=True)
-class _Route:
-    providers: tuple[Provider, ...]
-    upstream_model: str | None
-    specs: tuple[StageSpec, ...]
-
-
-_Plan = tuple[tuple[Stage, Mapping[str, Any]], ...]
-
-
-def _failover_ok(err: PromptwireError) -> bool:
-    """Whether another upstream might succeed where this one failed."""
-    if isinstance(err, UpstreamStatusError):
-        return err.upstream_status == 429 or err.upstream_status >= 500
-    return isinstance(err, UpstreamError)
-
 
 class Gateway:
-    """One gateway instance: built from config, started once, shared by the HTTP and gRPC front ends."""
+    """One gateway instance: built from config, started once, shared by the HTTP and gRPC front ends.
+
+    ``providers`` maps backend types to provider factories (default: gateway.providers.PROVIDERS). Stage
+    and decoder names come from the one table, gateway/stages/table.py."""
 
     def __init__(
         self,
         config: GatewayConfig,
         *,
         providers: Mapping[str, ProviderFactory] | None = None,
-        stages: Mapping[str, StageFactory] | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         if providers is None:
             from gateway.providers import PROVIDERS
 
             providers = PROVIDERS
-        if stages is None:
-            from gateway.stages import STAGES
-
-            stages = STAGES
         self.config = config
         self.metrics = metrics if metrics is not None else Metrics()
-        self._provider_factories = providers
-        self._stage_factories = stages
-        self._providers: dict[str, Provider] = {}
-        self._stages: dict[str, Stage] = {}
-        self._keys = tuple(
-            (bytes.fromhex(k.sha256), ApiKey(k.id, k.models, None if k.stages is None else frozenset(k.stages)))
-            for k in config.auth.keys
-        )
-        self._keys_by_id = {key.id: key for _, key in self._keys}
-        self._routes: dict[str, _Route] = {}
-        self._plans: dict[tuple[int, frozenset[str] | None], _Plan] = {}
-        self._discovered: dict[str, frozenset[str]] = {}
-        self._models_cache: tuple[float, list[ModelInfo]] | None = None
-        self._in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._shutting_down = False
-        self._started = False
+        self.stage_table: Mapping[str, StageEntry] = STAGES
+        self.decoder_table: Mapping[str, DecoderEntry] = DECODERS
+        self.keys = Keys(config.auth.keys)
+        self.admission = Admission(config.limits.max_in_flight, config.limits.retry_after_s)
+        self.router = Router(config, providers, self.metrics, self.decoder_table)
+        self.pipeline = Pipeline(config, self.stage_table, self.metrics)
         self.tracer = Tracer(config.otel)
-        self.metrics.in_flight.set_function(lambda: self._in_flight)  # read at scrape time: free per request
+        self.metrics.in_flight.set_function(lambda: self.admission.in_flight)  # read at scrape time
         self._log_prompts = config.server.log_prompts
+        self._started = False
         self.compress_api: CompressAPI | None = None
-        """Serves POST /v1/compress and gRPC Compress; set at start when ``stages.compress`` is configured."""
+        """Serves POST /v1/compress and gRPC Compress; set at start when the compress stage is configured."""
 
     # ----- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Build providers and stages, discover upstream models (failures are logged, not fatal)."""
+        """Build providers and stages, discover upstream models (failures there are logged, not fatal)."""
         if self._started:
             return
-        for name, bc in self.config.backends.items():
-            factory = self._provider_factories.get(bc.type)
-            if factory is None:
-                raise NoBackend(
-                    f"backend {name!r} has type {bc.type!r}, which this build does not provide "
-                    f"(available: {', '.join(sorted(self._provider_factories)) or 'none'})"
-                )
-            self._providers[name] = factory(name, bc, self.metrics)
-        used = {s.name for s in self.config.default_stages} | set(self.config.stages)
-        for route in self.config.models:
-            used.update(s.name for s in route.stages or ())
-        for name in sorted(used):
-            self._stages[name] = self._build_stage(name)
-        compress = self._stages.get("compress")
+        await self.router.start()
+        await self.pipeline.start(StageDeps(self.router.providers, self.config, self.metrics))
+        compress = self.pipeline.stages.get("compress")
         if compress is not None:
-            from gateway.stages.compress_api import CompressAPI
             from gateway.stages.compress import CompressStage
+            from gateway.stages.compress_api import CompressAPI
 
             if isinstance(compress, CompressStage):
                 self.compress_api = CompressAPI.from_stage(compress)
-        for name, prov in self._providers.items():
-            if self.config.backends[name].models is None:
-                try:
-                    self._discovered[name] = frozenset(m.id for m in await prov.list_models())
-                except PromptwireError as e:
-                    logger.warning("backend %s: model discovery failed: %s", name, e.message)
-        self.metrics.known_models(self._served_names(limit=None))  # their labels never fall into "other"
+        await self.router.discover()
         self._started = True
 
-    def _build_stage(self, name: str) -> Stage:
-        factory = self._stage_factories.get(name)
-        if factory is None:
-            raise InvalidRequest(
-                f"stage {name!r} is reserved but not available in this version of promptwire",
-                param=f"promptwire.{name}",
-                code="stage_not_available",
-            )
-        return factory(self.config.stages.get(name, {}))
-
     async def aclose(self) -> None:
-        for prov in self._providers.values():
-            await prov.aclose()
-        self._providers.clear()
-        for stage in self._stages.values():
-            close = getattr(stage, "aclose", None)  # stages holding workers (compress's batcher)
-            if close is not None:
-                await close()
-        self._stages.clear()
+        await self.router.aclose()
+        await self.pipeline.aclose()
         if self.tracer.enabled:
             await asyncio.to_thread(self.tracer.shutdown)  # flush spans (the exporter may block)
 
     @property
     def shutting_down(self) -> bool:
-        return self._shutting_down
+        return self.admission.shutting_down
 
     @property
     def in_flight(self) -> int:
-        return self._in_flight
+        return self.admission.in_flight
 
     def begin_shutdown(self) -> None:
         """Stop admitting requests (readiness false); in-flight ones continue."""
-        self._shutting_down = True
+        self.admission.shutting_down = True
 
     async def drain(self, grace_s: float) -> bool:
         """Wait up to ``grace_s`` for in-flight requests to finish; True if all did."""
-        try:
-            async with asyncio.timeout(grace_s):
-                await self._idle.wait()
-            return True
-        except TimeoutError:
-            return False
+        return await self.admission.drain(grace_s)
 
     async def ready(self) -> bool:
-        """Started, not shutting down, and some backend ready (failover covers the others; no backend
-        at all counts as ready: health, models and metrics still work)."""
-        if not self._started or self._shutting_down:
+        """Started, not shutting down, and some backend ready (no backend at all counts as ready: health,
+        models and metrics still work)."""
+        if not self._started or self.admission.shutting_down:
             return False
-        if not self._providers:
-            return True
-        results = await asyncio.gather(*(p.ready() for p in self._providers.values()))
-        return any(results)
+        return await self.router.ready()
 
-    # ----- auth and admission ----------------------------------------------------------------------
-
-    @property
-    def auth_enabled(self) -> bool:
-        return bool(self._keys)
+    # ----- calls that are not generation -----------------------------------------------------------
 
     def authenticate(self, api_key: str | None) -> ApiKey | None:
         """The key's record, None when auth is off; AuthenticationError for a missing/unknown key."""
-        if not self._keys:
-            return None
-        if not api_key:
-            raise AuthenticationError("missing API key (send `Authorization: Bearer <key>`)")
-        digest = hashlib.sha256(api_key.encode()).digest()
-        found: ApiKey | None = None
-        for stored, key in self._keys:  # no early exit: time does not depend on which key matched
-            if hmac.compare_digest(stored, digest):
-                found = key
-        if found is None:
-            raise AuthenticationError("invalid API key")
-        return found
+        return self.keys.authenticate(api_key)
+
+    async def admitted(self, key: ApiKey | None, stage: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Run a stage's own API call (``/v1/compress``, ``/v1/condense_history``...) under the key's stage
+        permissions and the in-flight limit."""
+        if key is not None and not key.allows_stage(stage):
+            raise PermissionDenied(f"API key {key.id!r} may not use the {stage} stage", param=f"promptwire.{stage}")
+        self.admission.admit()
+        try:
+            return await call()
+        finally:
+            self.admission.release()
 
     async def compress(self, key: ApiKey | None, handle: Callable[[CompressAPI], Awaitable[T]]) -> T:
-        """Run a /v1/compress or gRPC Compress call under the same key permissions and in-flight limit."""
-        if self.compress_api is None:
+        """Run a /v1/compress or gRPC Compress call (503 ``no_compressor`` on both when none is configured)."""
+        api = self.compress_api
+        if api is None:
             raise NoBackend(
                 "no compressor is configured: set stages.compress.model to an exported LLMLingua-2 model, a "
                 "checkpoint directory or a Hugging Face id (see docs/compress-serving.md)",
                 code="no_compressor",
             )
-        if key is not None and key.stages is not None and "compress" not in key.stages:
-            raise PermissionDenied(f"API key {key.id!r} may not use the compress stage", param="promptwire.compress")
-        self._admit()
-        try:
-            return await handle(self.compress_api)
-        finally:
-            self._release()
+        return await self.admitted(key, "compress", lambda: handle(api))
 
-    def _admit(self) -> None:
-        if self._shutting_down:
-            raise ShuttingDown("the gateway is shutting down; retry on another replica")
-        limit = self.config.limits.max_in_flight
-        if self._in_flight >= limit:
-            raise Overloaded(
-                f"too many requests in flight (limit {limit}); retry later",
-                retry_after=self.config.limits.retry_after_s,
-            )
-        self._in_flight += 1
-        self._idle.clear()
+    async def list_models(self, key: ApiKey | None = None) -> list[ModelInfo]:
+        """Models of every backend (cached a few seconds); with a key, only those it may use."""
+        models = await self.router.list_models()
+        return models if key is None else [m for m in models if key.allows_model(m.id)]
 
-    def _release(self) -> None:
-        self._in_flight -= 1
-        if self._in_flight == 0:
-            self._idle.set()
-
-    # ----- routing and pipeline --------------------------------------------------------------------
-
-    def _route(self, model: str) -> _Route:
-        route = self._routes.get(model)
-        if route is not None:
-            return route
-        if not self._providers:
-            raise NoBackend(NO_BACKEND_MESSAGE)
-        specs = self.config.default_stages
-        names: Sequence[str] = ()
-        upstream_model = None
-        for r in self.config.models:
-            if r.match == model or fnmatch.fnmatchcase(model, r.match):
-                names, upstream_model = r.backends, r.upstream_model
-                if r.stages is not None:
-                    specs = r.stages
-                break
-        if not names:
-            names = [n for n, bc in self.config.backends.items() if bc.models and model in bc.models]
-        if not names:
-            names = [n for n, ms in self._discovered.items() if model in ms]
-        if not names:
-            default = self.config.default_backend_name()
-            assert default is not None  # providers non-empty implies a backend
-            if self.config.backends[default].type == "local":
-                # an upstream server answers for its own models; a local backend serves a fixed list
-                raise NotFound(f"the model {model!r} does not exist (served here: "
-                               f"{', '.join(self._served_names()) or 'none'})", param="model")
-            names = [default]
-        route = _Route(tuple(self._providers[n] for n in names), upstream_model, specs)
-        if len(self._routes) < 10_000:  # bounded: model names come from clients
-            self._routes[model] = route
-        return route
-
-    def _served_names(self, limit: int | None = 20) -> list[str]:
-        names = {m for ms in self._discovered.values() for m in ms}
-        names.update(m for bc in self.config.backends.values() for m in (bc.models or ()))
-        names.update(r.match for r in self.config.models if not any(c in r.match for c in "*?["))
-        return sorted(names)[:limit]
-
-    def _plan(self, req: GatewayRequest, route: _Route, key: ApiKey | None) -> _Plan:
-        """The stages to run, with validated options, for this request."""
-        allowed = key.stages if key is not None else None
-        if not req.stage_options:
-            cache_key = (id(route.specs), allowed)
-            cached = self._plans.get(cache_key)
-            if cached is None:
-                cached = tuple(
-                    (self._stages[s.name], self._stages[s.name].validate(s.options))
-                    for s in route.specs
-                    if s.enabled and (allowed is None or s.name in allowed)
-                )
-                self._plans[cache_key] = cached
-            return cached
-        by_name = {s.name: s for s in route.specs}
-        for name, opts in req.stage_options.items():
-            param = f"promptwire.{name}"
-            if name not in RESERVED_STAGES:
-                raise InvalidRequest(
-                    f"unknown promptwire option {name!r} (stages: {', '.join(RESERVED_STAGES)}; and 'decoder')",
-                    param=param,
-                )
-            if opts is not False and not isinstance(opts, Mapping):
-                raise InvalidRequest(f"{param} must be an object of options or false", param=param)
-            if name not in self._stage_factories:
-                raise InvalidRequest(
-                    f"stage {name!r} is reserved but not available in this version of promptwire",
-                    param=param,
-                    code="stage_not_available",
-                )
-            spec = by_name.get(name)
-            if spec is None:
-                raise OptionNotAllowed(f"stage {name!r} is not enabled for model {req.model!r}", param=param)
-            if allowed is not None and name not in allowed and opts is not False:
-                raise PermissionDenied(f"this API key may not use stage {name!r}", param=param)
-            if opts is False:
-                if spec.enabled and not spec.client_can_disable:
-                    raise OptionNotAllowed(f"stage {name!r} cannot be turned off for this model", param=param)
-                continue
-            if not spec.enabled and not spec.client_can_enable:
-                raise OptionNotAllowed(f"stage {name!r} cannot be turned on for this model", param=param)
-            stage = self._stages[name]
-            stage.validate(opts)  # unknown option names / bad values first: 400 naming them
-            if "*" not in spec.client_options:
-                for opt in opts:
-                    if opt not in spec.client_options:
-                        raise OptionNotAllowed(
-                            f"option {opt!r} of stage {name!r} may not be set by clients for this model",
-                            param=f"{param}.{opt}",
-                        )
-        plan: list[tuple[Stage, Mapping[str, Any]]] = []
-        for spec in route.specs:
-            client = req.stage_options.get(spec.name)
-            if client is False or (allowed is not None and spec.name not in allowed):
-                continue
-            if client is None:
-                if not spec.enabled:
-                    continue
-                plan.append((self._stages[spec.name], self._stages[spec.name].validate(spec.options)))
-            else:
-                stage = self._stages[spec.name]
-                plan.append((stage, stage.validate({**spec.options, **client})))
-        return tuple(plan)
-
-    def _check_decoder(self, req: GatewayRequest, route: _Route) -> None:
-        d = req.decoder
-        if d is None:
-            return
-        name = d.get("name")
-        if name not in RESERVED_DECODERS:
-            raise InvalidRequest(
-                f"promptwire.decoder.name must be one of {', '.join(RESERVED_DECODERS)}, got {name!r}",
-                param="promptwire.decoder.name",
-            )
-        if name not in IMPLEMENTED_DECODERS:
-            raise InvalidRequest(
-                f"decoder {name!r} is reserved but not available in this version of promptwire "
-                f"(available: {', '.join(sorted(IMPLEMENTED_DECODERS))})",
-                param="promptwire.decoder.name",
-                code="decoder_not_available",
-            )
-        if not all(name in p.decoders for p in route.providers):
-            raise InvalidRequest(
-                f"decoder {name!r} is not available for model {req.model!r}: its backend cannot run it "
-                "(the local provider runs every decoder; an openai backend runs 'trie' when "
-                "structured_choice is configured)",
-                param="promptwire.decoder.name",
-                code="decoder_not_available",
-            )
-
-    def _check_limits(self, req: GatewayRequest) -> None:
-        lim = self.config.limits
-        if lim.max_prompt_chars is None and lim.max_prompt_tokens is None:
-            return
-        text = req.prompt_text()
-        tools = req.params.get("tools")
-        if tools:  # tool definitions are prompt too (the upstream renders them into it)
-            text += "\n" + json.dumps(tools, ensure_ascii=False, separators=(",", ":"))
-        ids = req.prompt_token_ids()  # completion prompts given as token ids: each is at least a character
-        if lim.max_prompt_chars is not None and len(text) + ids > lim.max_prompt_chars:
-            raise PromptTooLarge(
-                f"prompt has {len(text) + ids} characters, over the limit of {lim.max_prompt_chars}",
-                param="messages" if req.kind == "chat" else "prompt",
-            )
-        if lim.max_prompt_tokens is not None:
-            from gateway.tokens import count_tokens
-
-            n = ids + (count_tokens(text) if text else 0)
-            if n > lim.max_prompt_tokens:
-                raise PromptTooLarge(
-                    f"prompt has {n} tokens, over the limit of {lim.max_prompt_tokens}",
-                    param="messages" if req.kind == "chat" else "prompt",
-                )
+    # ----- generation ------------------------------------------------------------------------------
 
     async def _prepare(
         self, req: GatewayRequest, deadline: float | None, rt: RequestTrace | None = None
-    ) -> tuple[GatewayRequest, _Route, list[StageStats]]:
+    ) -> tuple[GatewayRequest, Route, list[StageStats], list[ResponseHook]]:
         """Checks, routing and stages: everything before the provider call."""
-        key = self._keys_by_id.get(req.api_key_id) if req.api_key_id is not None else None
-        if self._keys and key is None:
-            raise AuthenticationError("missing or invalid API key")
-        if key is not None and not key.allows_model(req.model):
-            raise PermissionDenied(f"this API key may not use model {req.model!r}", param="model")
-        self._check_limits(req)
-        route = self._route(req.model)
-        self._check_decoder(req, route)
-        plan = self._plan(req, route, key)
+        key = self.keys.of_request(req)
+        check_limits(req, self.config.limits)
+        route = self.router.route(req.model)
+        self.router.check_decoder(req, route)
+        plan = self.pipeline.plan(req, route, key)
         if self._log_prompts and logger.isEnabledFor(logging.DEBUG):  # operator opted in (log_prompts)
             logger.debug("request %s prompt: %s", req.request_id, req.prompt_text(),
                          extra={"request_id": req.request_id})
-        stats: list[StageStats] = []
-        for stage, opts in plan:
-            req, st = await (stage.apply(req, opts) if rt is None else rt.stage(stage, req, opts))
-            stats.append(st)
-            self.metrics.child(self.metrics.stage_seconds, st.stage).observe(st.ms / 1000)
-            if st.tokens_saved:
-                self.metrics.child(self.metrics.tokens_saved, st.stage).inc(st.tokens_saved)
+        req, stats, hooks = await self.pipeline.run(req, plan, rt)
         if route.upstream_model is not None or deadline != req.deadline:
             req = dataclasses.replace(req, model=route.upstream_model or req.model, deadline=deadline)
-        return req, route, stats
+        return req, route, stats, hooks
 
     def _deadline(self, req: GatewayRequest) -> float | None:
         """Absolute monotonic deadline: the front end's (gRPC deadline) or the configured timeout."""
@@ -459,19 +171,16 @@ class Gateway:
             deadline = own if deadline is None else min(deadline, own)
         return deadline
 
-    # ----- generation ------------------------------------------------------------------------------
-
     async def generate(
         self, req: GatewayRequest, *, trace_headers: Iterable[tuple[Any, Any]] | None = None
     ) -> tuple[Completion, list[StageStats], float]:
-        """One whole response, the stages' stats and the gateway's overhead in ms.
+        """One whole response, the stages' stats (response hooks' included) and the gateway's overhead in ms.
 
         ``trace_headers``: the client's request headers (ASGI) or gRPC metadata; with tracing on, a W3C
         ``traceparent`` there makes this request's spans part of the client's trace."""
         t0 = req.received_at or time.perf_counter()
         rt = self.tracer.request(req, trace_headers) if self.tracer.enabled else None
-        completion, stats, _, t1, t2 = await self._admitted(
-            req, rt, self._call, "request did not finish", hold=False)
+        completion, stats, _, t1, t2 = await self._admitted(req, rt, self._call, "request did not finish", hold=False)
         t3 = time.perf_counter()
         overhead_ms = ((t1 - t0) + (t3 - t2)) * 1000
         m = self.metrics
@@ -485,143 +194,102 @@ class Gateway:
             rt.end(completion, overhead_ms)
         return completion, stats, overhead_ms
 
+    async def _call(self, req: GatewayRequest, route: Route, rt: RequestTrace | None,
+                    hooks: list[ResponseHook], stats: list[StageStats]) -> Completion:
+        completion = await self.router.call(req, route, rt)
+        if hooks:
+            completion = await hooked_completion(completion, hooks)
+            self._hook_stats(hooks, stats)
+        return completion
+
+    def _hook_stats(self, hooks: list[ResponseHook], stats: list[StageStats]) -> None:
+        for st in hook_stats(hooks):
+            stats.append(st)
+            self.pipeline.observe(st)
+
     async def _admitted(
         self, req: GatewayRequest, rt: RequestTrace | None,
-        upstream: Callable[[GatewayRequest, _Route, RequestTrace | None], Awaitable[T]], what: str, *, hold: bool,
+        upstream: Callable[[GatewayRequest, Route, RequestTrace | None, list[ResponseHook], list[StageStats]],
+                           Awaitable[T]],
+        what: str, *, hold: bool,
     ) -> tuple[T, list[StageStats], float | None, float, float]:
         """Admit the request (in-flight limit), then within its deadline run the checks and stages and
-        ``upstream``. Returns upstream's result, the stages' stats, the deadline, and when the
-        upstream call began and ended (``perf_counter``). The in-flight slot is released on the way out,
-        or kept on success when ``hold`` (a stream releases it at its end); failures reach the trace."""
+        ``upstream``. Returns upstream's result, the stats, the deadline, and when the upstream call began
+        and ended (``perf_counter``). The in-flight slot is released on the way out, or kept on success
+        when ``hold`` (a stream releases it at its end); failures reach the trace."""
         try:
-            self._admit()
+            self.admission.admit()
             try:
                 deadline = self._deadline(req)
                 remaining = None if deadline is None else deadline - time.monotonic()
                 try:
                     async with asyncio.timeout(remaining):
-                        req2, route, stats = await self._prepare(req, deadline, rt)
+                        req2, route, stats, hooks = await self._prepare(req, deadline, rt)
                         t1 = time.perf_counter()
-                        result = await upstream(req2, route, rt)
+                        result = await upstream(req2, route, rt, hooks, stats)
                         t2 = time.perf_counter()
                 except TimeoutError:
                     raise RequestTimeout(f"{what} within {remaining:.3g} s") from None
             except BaseException:
-                self._release()
+                self.admission.release()
                 raise
         except BaseException as e:
             if rt is not None:
                 rt.fail(e)
             raise
         if not hold:
-            self._release()
+            self.admission.release()
         return result, stats, deadline, t1, t2
-
-    def _note_failover(self, req: GatewayRequest, route: _Route, prov: Provider, e: PromptwireError) -> None:
-        if prov is not route.providers[-1]:  # the last one has nowhere to fail over to
-            logger.warning("request %s: backend %s failed (%s); failing over", req.request_id, prov.name, e.message,
-                           extra={"request_id": req.request_id})
-            self.metrics.child(self.metrics.upstream_retries, prov.name, "failover").inc()
-
-    async def _call(self, req: GatewayRequest, route: _Route, rt: RequestTrace | None = None) -> Completion:
-        last: PromptwireError | None = None
-        for prov in route.providers:
-            ta = time.perf_counter()
-            try:
-                if rt is None:
-                    return await prov.generate(req)
-                with rt.upstream(prov.name, req.model, stream=False):
-                    return await prov.generate(req)
-            except PromptwireError as e:
-                if not _failover_ok(e):
-                    raise
-                last = e
-                self._note_failover(req, route, prov, e)
-            finally:  # every attempt, under the backend that made it
-                self.metrics.child(self.metrics.upstream_seconds, prov.name).observe(time.perf_counter() - ta)
-        assert last is not None
-        raise last
 
     async def generate_stream(
         self, req: GatewayRequest, *, trace_headers: Iterable[tuple[Any, Any]] | None = None
     ) -> GatewayStream:
         """Run stages and connect upstream until the first chunk is in hand (errors until then are
-        ordinary exceptions the front end maps to a status); then stream the rest. ``trace_headers``:
-        as for :meth:`generate`."""
+        ordinary exceptions the front end maps to a status); then stream the rest. When a response hook
+        buffers, the whole stream goes through the hooks first (errors then are ordinary exceptions too).
+        ``trace_headers``: as for :meth:`generate`."""
         t0 = req.received_at or time.perf_counter()
         rt = self.tracer.request(req, trace_headers) if self.tracer.enabled else None
         # held: the stream releases its in-flight slot when it ends
-        (it, first), stats, deadline, t1, t2 = await self._admitted(
-            req, rt, self._open_stream, "no response", hold=True)
+        opened, stats, deadline, t1, t2 = await self._admitted(req, rt, self._open, "no response", hold=True)
+        it, first, hooks = opened
         overhead_ms = (t1 - t0) * 1000
         m = self.metrics
         m.child(m.overhead_seconds, req.kind).observe(t1 - t0)
         m.child(m.ttft_seconds, m.model_label(req.model)).observe(t2 - t0)
         if rt is not None:
             rt.opened(overhead_ms, (t2 - t0) * 1000)
-        return GatewayStream(self, req, it, first, stats, overhead_ms, deadline, t0, rt)
+        return GatewayStream(self, req, it, first, stats, overhead_ms, deadline, t0, rt, hooks)
 
-    async def _open_stream(
-        self, req: GatewayRequest, route: _Route, rt: RequestTrace | None = None
-    ) -> tuple[AsyncIterator[StreamChunk], StreamChunk | None]:
-        last: PromptwireError | None = None
-        for prov in route.providers:
-            it = prov.generate_stream(req)
-            ta = time.perf_counter()
-            try:
-                if rt is None:
-                    first = await anext(it)
-                else:
-                    with rt.upstream(prov.name, req.model, stream=True):
-                        first = await anext(it)
-                return it, first
-            except StopAsyncIteration:
-                return it, None
-            except PromptwireError as e:
-                await _aclose(it)
-                if not _failover_ok(e):
-                    raise
-                last = e
-                self._note_failover(req, route, prov, e)
-            except BaseException:
-                await _aclose(it)
-                raise
-            finally:  # every attempt, until its first chunk, under the backend that made it
-                self.metrics.child(self.metrics.upstream_seconds, prov.name).observe(time.perf_counter() - ta)
-        assert last is not None
-        raise last
-
-    async def list_models(self, key: ApiKey | None = None) -> list[ModelInfo]:
-        """Models of every backend (cached a few seconds); a backend that fails is left out. With a
-        key, only the models that key may use."""
-        models = await self._all_models()
-        if key is None:
-            return models
-        return [m for m in models if key.allows_model(m.id)]
-
-    async def _all_models(self) -> list[ModelInfo]:
-        now = time.monotonic()
-        if self._models_cache is not None and now - self._models_cache[0] < _MODELS_CACHE_S:
-            return self._models_cache[1]
-        seen: dict[str, ModelInfo] = {}
-        for name, prov in self._providers.items():
-            try:
-                for m in await prov.list_models():
-                    seen.setdefault(m.id, m)
-            except PromptwireError as e:
-                logger.warning("backend %s: listing models failed: %s", name, e.message)
-        for route in self.config.models:
-            if not any(c in route.match for c in "*?["):
-                seen.setdefault(route.match, ModelInfo(route.match))
-        models = list(seen.values())
-        self._models_cache = (now, models)
-        return models
+    async def _open(
+        self, req: GatewayRequest, route: Route, rt: RequestTrace | None, hooks: list[ResponseHook],
+        stats: list[StageStats],
+    ) -> tuple[AsyncIterator[StreamChunk], StreamChunk | None, list[ResponseHook]]:
+        it, first = await self.router.open_stream(req, route, rt)
+        if not hooks or not any(h.buffers for h in hooks):
+            return it, first, hooks
+        # A hook needs the whole answer: run the stream through the hooks now, within the deadline, so
+        # that what they raise is still an ordinary error and their stats join the headers.
+        try:
+            held = [c async for c in hooked_stream(_prepend(first, it), hooks)]
+        finally:
+            await aclose_stream(it)
+        self._hook_stats(hooks, stats)
+        replay = _replay(held)
+        return replay, await anext(replay, None), []
 
 
-async def _aclose(it: AsyncIterator[StreamChunk]) -> None:
-    close = getattr(it, "aclose", None)
-    if close is not None:
-        await close()
+async def _prepend(first: StreamChunk | None, it: AsyncIterator[StreamChunk]) -> AsyncIterator[StreamChunk]:
+    if first is None:
+        return
+    yield first
+    async for chunk in it:
+        yield chunk
+
+
+async def _replay(chunks: list[StreamChunk]) -> AsyncIterator[StreamChunk]:
+    for chunk in chunks:
+        yield chunk
 
 
 class GatewayStream:
@@ -629,7 +297,11 @@ class GatewayStream:
 
     Iterate it once; always ``await stream.aclose()`` (the front end does it in ``finally``), which
     closes the upstream request and frees the in-flight slot. A failure after the first chunk raises
-    a PromptwireError from the iteration; the front end ends the client's stream with an error."""
+    a PromptwireError from the iteration; the front end ends the client's stream with an error.
+
+    Response hooks that stream chunk by chunk report their stats at the end: they are appended to
+    ``stats`` then (the gRPC front end's final message and trailers carry them) and the last chunk is
+    held back one step so that they can ride on it as ``promptwire.stats`` (for SSE clients)."""
 
     def __init__(
         self,
@@ -642,14 +314,18 @@ class GatewayStream:
         deadline: float | None,
         t0: float,
         trace: RequestTrace | None = None,
+        hooks: list[ResponseHook] | None = None,
     ) -> None:
         self.request = req
         self.stats = stats
         self.overhead_ms = overhead_ms
         self.usage: Usage | None = None
         self._gw = gateway
-        self._it = it
-        self._first = first
+        self._upstream = it
+        self._hooks = hooks or []
+        self._it = hooked_stream(_prepend(first, it), self._hooks) if self._hooks else it
+        self._first = None if self._hooks else first
+        self._no_first = first is None and not self._hooks  # the upstream's stream ended at once
         self._deadline = deadline
         self._t0 = t0
         self._closed = False
@@ -657,29 +333,49 @@ class GatewayStream:
         self._trace = trace
 
     def __aiter__(self) -> AsyncIterator[StreamChunk]:
+        chunks = self._with_stats() if self._hooks else self._chunks()
         if self._trace is None:
-            return self._chunks()
-        return self._traced(self._trace)
+            return chunks
+        return self._traced(self._trace, chunks)
 
-    async def _traced(self, trace: RequestTrace) -> AsyncIterator[StreamChunk]:
+    async def _traced(self, trace: RequestTrace, chunks: AsyncIterator[StreamChunk]) -> AsyncIterator[StreamChunk]:
         """The chunks, noted in the request's trace (finish reasons; an error after the start)."""
         try:
-            async for chunk in self._chunks():
+            async for chunk in chunks:
                 trace.chunk(chunk)
                 yield chunk
         except Exception as e:
             trace.stream_error(e)
             raise
 
+    async def _with_stats(self) -> AsyncIterator[StreamChunk]:
+        """The hooked chunks, the last one held back to carry the hooks' stats."""
+        last: StreamChunk | None = None
+        async for chunk in self._chunks():
+            if last is not None:
+                yield last
+            last = chunk
+        extra = hook_stats(self._hooks)
+        for st in extra:
+            self.stats.append(st)
+            self._gw.pipeline.observe(st)
+        if last is not None:
+            if extra:
+                ext = dict(last.data.get("promptwire") or {})
+                ext["stats"] = [s.to_dict() for s in self.stats]
+                last = StreamChunk({**last.data, "promptwire": ext})
+            yield last
+
     async def _chunks(self) -> AsyncIterator[StreamChunk]:
-        if self._first is None:
+        it = self._it
+        if self._first is not None:
+            first, self._first = self._first, None
+            self._note(first)
+            yield first
+        elif self._no_first:
             self._ok = True
             return
-        first, self._first = self._first, None
-        self._note(first)
-        yield first
         deadline = self._deadline
-        it = self._it
         while True:
             # no timer per chunk (they cost more than the rest of the relay): the provider bounds its
             # reads by the request's deadline, and the clock is checked as each chunk arrives
@@ -702,9 +398,11 @@ class GatewayStream:
             return
         self._closed = True
         try:
-            await _aclose(self._it)
+            if self._it is not self._upstream:
+                await aclose_stream(self._it)
+            await aclose_stream(self._upstream)
         finally:
-            self._gw._release()
+            self._gw.admission.release()
             if self._trace is not None:
                 self._trace.end_stream(self._ok, self.usage)
             m = self._gw.metrics

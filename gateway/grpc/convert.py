@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from google.protobuf import struct_pb2
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 
 from gateway.errors import InvalidRequest
+from gateway.stages.table import DECODERS, STAGES, DecoderEntry, Option, StageEntry
 from gateway.types import ChatMessage, GatewayRequest, ModelInfo, StageOptions, StageStats, StreamChunk, Usage
 from protos.promptwire.v1 import common_pb2, gateway_pb2, options_pb2
 
@@ -22,6 +26,7 @@ __all__ = [
     "generate_request",
     "grpc_param",
     "model_list",
+    "options_dict",
     "sampling_params",
     "stage_options",
     "stats_json",
@@ -44,8 +49,6 @@ PARAM_PATHS: dict[str, str] = {
 }
 """OpenAI body / extension-object parameter names → the gRPC request field that carries them."""
 
-_STAGE_FIELDS = ("condense_history", "select_prompt", "conjugate", "compress")
-_TRIE_MODES = {options_pb2.TRIE_MODE_CANONICAL: "canonical", options_pb2.TRIE_MODE_ANY: "any"}
 
 
 def grpc_param(param: str, decoder: str | None = None) -> str:
@@ -56,7 +59,7 @@ def grpc_param(param: str, decoder: str | None = None) -> str:
     head, _, rest = param.partition(".")
     if head == "promptwire" and rest:
         name, _, option = rest.partition(".")
-        if name in _STAGE_FIELDS:
+        if name in STAGES:
             return f"stages.{name}.options.{option}" if option else f"stages.{name}"
         if name == "decoder" and option:
             return f"decoder.{decoder or '<name>'}.{option}"
@@ -159,55 +162,61 @@ def _extra_body(text: str) -> dict[str, Any]:
     return extra
 
 
-def _compress_options(o: options_pb2.CompressStageOptions) -> dict[str, Any]:
-    out = _optional(o, ("rate", "target_token", "force_reserve_digit", "drop_consecutive"))
-    if o.force_tokens:
-        out["force_tokens"] = list(o.force_tokens)
-    if o.roles:
-        out["roles"] = list(o.roles)
-    if o.HasField("protections"):
-        out["protections"] = _protections(o.protections)
-    return out
+def options_dict(msg: Message, options: Sequence[Option]) -> dict[str, Any]:
+    """A stage's or decoder's options message as the option dict HTTP clients send: the fields that are
+    set, under their option names (proto field name = option name, or one of ``Option.proto_fields``);
+    enums become their lower-case value names, ``TokenIds`` a list, nested messages dicts."""
+    alias = {pf: o.name for o in options for pf in o.proto_fields}
+    return {alias.get(fd.name, fd.name): _field_value(fd, value) for fd, value in msg.ListFields()}
 
 
-def _protections(p: options_pb2.Protections) -> dict[str, bool]:
-    return _optional(p, ("code_blocks", "json", "urls", "identifiers", "numbers"))
+def _field_value(fd: FieldDescriptor, value: Any) -> Any:
+    if fd.is_repeated:
+        if fd.type == FieldDescriptor.TYPE_MESSAGE:
+            return [_message_value(v) for v in value]
+        return list(value)
+    if fd.type == FieldDescriptor.TYPE_MESSAGE:
+        return _message_value(value)
+    if fd.type == FieldDescriptor.TYPE_ENUM:
+        enum = fd.enum_type
+        prefix = re.sub(r"(?<!^)(?=[A-Z])", "_", enum.name).upper() + "_"
+        return enum.values_by_number[value].name.removeprefix(prefix).lower()
+    return value
 
 
-def stage_options(stages: options_pb2.StageOverrides) -> dict[str, StageOptions | Literal[False]]:
+def _message_value(msg: Message) -> Any:
+    if msg.DESCRIPTOR.name == "TokenIds":
+        return list(msg.ids)
+    return {fd.name: _field_value(fd, value) for fd, value in msg.ListFields()}
+
+
+def stage_options(
+    stages: options_pb2.StageOverrides, table: Mapping[str, StageEntry] = STAGES
+) -> dict[str, StageOptions | Literal[False]]:
     """Per-request stage overrides: name -> options dict, or False for `disabled`; unset stages absent."""
     out: dict[str, StageOptions | Literal[False]] = {}
-    for name in _STAGE_FIELDS:
-        if not stages.HasField(name):
+    fields = stages.DESCRIPTOR.fields_by_name
+    for name, entry in table.items():
+        if name not in fields or not stages.HasField(name):
             continue
         setting = getattr(stages, name)
         which = setting.WhichOneof("setting")
         if which is None:
             raise InvalidRequest(f"stages.{name} must set either disabled or options", param=f"stages.{name}")
-        if which == "disabled":
-            out[name] = False
-        elif name == "compress":
-            out[name] = _compress_options(setting.options)
-        else:
-            out[name] = {}  # these stages have no options yet
+        out[name] = False if which == "disabled" else options_dict(setting.options, entry.options)
     return out
 
 
-def decoder_dict(d: options_pb2.DecoderOptions) -> dict[str, Any] | None:
+def decoder_dict(
+    d: options_pb2.DecoderOptions, table: Mapping[str, DecoderEntry] = DECODERS
+) -> dict[str, Any] | None:
     """`{"name": ..., options...}` as the core expects, or None when no decoder is chosen."""
     which = d.WhichOneof("decoder")
     if which is None:
         return None
-    out: dict[str, Any] = {"name": which}
-    if which == "trie":
-        t = d.trie
-        out["labels"] = list(t.labels)
-        out.update(_optional(t, ("separator", "max_labels")))
-        if t.mode in _TRIE_MODES:
-            out["mode"] = _TRIE_MODES[t.mode]
-        if t.scoring:
-            out["scoring"] = True
-    return out
+    entry = table.get(which)
+    options = options_dict(getattr(d, which), entry.options if entry is not None else ())
+    return {"name": which, **options}
 
 
 def _messages(messages: Sequence[common_pb2.ChatMessage]) -> tuple[ChatMessage, ...]:

@@ -16,11 +16,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from gateway.grpc import convert as conv
+from gateway.core.gateway import Gateway, GatewayStream
 from gateway.errors import PromptwireError
+from gateway.grpc import convert as conv
 from gateway.observe.logs import access_log, error_log
 from gateway.observe.metrics import Metrics
-from gateway.core.gateway import Gateway, GatewayStream
 from gateway.types import GatewayRequest
 from protos.promptwire.v1 import compress_pb2, gateway_pb2, gateway_pb2_grpc
 
@@ -266,17 +266,9 @@ class _Servicer(gateway_pb2_grpc.GatewayServicer):
     ) -> compress_pb2.CompressResponse:
         async with _status(context, self._gateway.metrics):
             key = self._gateway.authenticate(_api_key(context))
-            compress = self._compress
-            if compress is None:
-                if self._gateway.compress_api is None:
-                    await context.abort(
-                        grpc.StatusCode.UNIMPLEMENTED,
-                        "no compressor is configured on this server: set stages.compress.model to an exported "
-                        "LLMLingua-2 model, a checkpoint directory or a Hugging Face id (docs/compress-serving.md)",
-                    )
-                    raise AssertionError("unreachable")  # pragma: no cover
+            if self._compress is None:  # no compressor configured: 503 / UNAVAILABLE, as over HTTP
                 return await self._gateway.compress(key, lambda api: api.handle_proto(request))
-            return await compress(request)
+            return await self._compress(request)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def CondenseHistory(

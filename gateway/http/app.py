@@ -18,12 +18,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from gateway.core.gateway import ApiKey, Gateway, GatewayStream
 from gateway.errors import BodyTooLarge, InvalidRequest, Overloaded, PromptwireError, UpstreamStatusError
 from gateway.http.models import ChatCompletionRequest, CompletionRequest, openapi_document
 from gateway.observe.logs import access_log, error_log
 from gateway.observe.metrics import CONTENT_TYPE
-from gateway.core.gateway import ApiKey, Gateway, GatewayStream
-from gateway.stages.base import RESERVED_STAGES
 from gateway.types import ChatMessage, GatewayRequest, RequestKind, StageStats
 
 __all__ = ["GatewayApp", "create_app", "error_response"]
@@ -36,7 +35,6 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 _CORE_KEYS = frozenset({"model", "messages", "prompt", "stream", "promptwire"})
-_STAGES = frozenset(RESERVED_STAGES)
 _SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
                 (b"x-accel-buffering", b"no")]
 _DONE = b"data: [DONE]\n\n"
@@ -99,6 +97,7 @@ class _Generate:
         self.kind: RequestKind = kind
         self.model_cls: type[BaseModel] = ChatCompletionRequest if kind == "chat" else CompletionRequest
         self.access_log = gateway.config.server.access_log
+        self.stage_names = frozenset(gateway.stage_table)
 
     def _log(self, req: GatewayRequest, status: int, overhead_ms: float, stats: Sequence[StageStats],
              t0: float) -> None:
@@ -202,7 +201,7 @@ class _Generate:
         ext = data.get("promptwire") or {}
         decoder = ext.get("decoder")
         # null means "the operator's default" for a stage; an unknown name is kept so it gets its 400
-        stage_options = {k: v for k, v in ext.items() if k != "decoder" and (v is not None or k not in _STAGES)}
+        stage_options = {k: v for k, v in ext.items() if k != "decoder" and (v is not None or k not in self.stage_names)}
         if self.kind == "chat":
             return GatewayRequest(
                 request_id, "chat", data["model"], tuple(ChatMessage.from_dict(m) for m in data["messages"]),
@@ -338,7 +337,7 @@ class GatewayApp:
 
 def create_app(gateway: Gateway, *, extra_routes: Sequence[BaseRoute] = (), version: str = "0.1.0") -> GatewayApp:
     """The ASGI app serving ``gateway``. ``extra_routes`` (e.g. POST /v1/compress) are added as-is."""
-    openapi = json.dumps(openapi_document(version)).encode()
+    openapi = json.dumps(openapi_document(version, gateway.stage_table, gateway.decoder_table)).encode()
     hot = {
         "/v1/chat/completions": _Generate(gateway, "chat"),
         "/v1/completions": _Generate(gateway, "completion"),

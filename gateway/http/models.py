@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+if TYPE_CHECKING:
+    from gateway.stages.table import DecoderEntry, StageEntry
 
 __all__ = [
     "ChatCompletionRequest",
@@ -48,22 +52,16 @@ class StreamOptions(_Open):
 
 
 class DecoderOptions(_Open):
-    name: Literal["trie", "uscd", "decog"]
-    labels: list[str] | None = None
-    """trie: the label list."""
+    """``{"name": <decoder>, ...its options}``; names and options: gateway/stages/table.py (checked by the core)."""
 
-
-StageChoice = dict[str, Any] | Literal[False]
+    name: str
 
 
 class PromptwireExtension(_Open):
     """The ``promptwire`` body object: per-request stage options (an object, or false to turn a stage
-    off) and the decoder. Options the operator does not allow are rejected with a 400 naming them."""
+    off; keys are the table's stage names) and the decoder. The core checks every name and option
+    against the table, the same way for HTTP and gRPC; the OpenAPI document describes them from it."""
 
-    condense_history: StageChoice | None = None
-    select_prompt: StageChoice | None = None
-    conjugate: StageChoice | None = None
-    compress: StageChoice | None = None
     decoder: DecoderOptions | None = None
 
 
@@ -158,8 +156,34 @@ def _schema_refs(models: list[type[BaseModel]]) -> dict[str, Any]:
     return schemas
 
 
-def openapi_document(version: str) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of the HTTP API, generated from these models."""
+def _extension_schema(stages: Mapping[str, StageEntry], decoders: Mapping[str, DecoderEntry]) -> dict[str, Any]:
+    """The ``promptwire`` object's JSON Schema, from the table (stage and decoder options)."""
+
+    def options(entry: StageEntry | DecoderEntry) -> dict[str, Any]:
+        return {"type": "object", "description": entry.doc, "additionalProperties": False,
+                "properties": {o.name: o.json_schema() for o in entry.options}}
+
+    stage_props = {name: {"oneOf": [options(e), {"const": False}], "description": e.doc}
+                   for name, e in stages.items()}
+    variants = []
+    for name, e in decoders.items():
+        d = options(e)
+        d["properties"] = {"name": {"const": name}, **d["properties"]}
+        d["required"] = ["name"]
+        variants.append(d)
+    return {
+        "type": "object",
+        "description": "promptwire per-request options (what OpenAI SDKs send through extra_body). A stage "
+                       "takes an options object, or false to turn it off; unknown names are a 400.",
+        "additionalProperties": False,
+        "properties": {**stage_props, "decoder": {"oneOf": variants}},
+    }
+
+
+def openapi_document(version: str, stages: Mapping[str, StageEntry] | None = None,
+                     decoders: Mapping[str, DecoderEntry] | None = None) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the HTTP API, generated from these models and the stage table."""
+    from gateway.stages.table import DECODERS, STAGES
 
     def ref(name: str) -> dict[str, Any]:
         return {"$ref": f"#/components/schemas/{name}"}
@@ -216,7 +240,8 @@ def openapi_document(version: str) -> dict[str, Any]:
                 "responses": {**plain, **{c: errors[c] for c in ("400", "401", "403", "413", "429", "503")}},
             }},
         },
-        "components": {"schemas": _schema_refs([
+        "components": {"schemas": {**_schema_refs([
             ChatCompletionRequest, CompletionRequest, ChatCompletion, TextCompletion, ModelList, ErrorResponse,
-        ])},
+        ]), "PromptwireExtension": _extension_schema(STAGES if stages is None else stages,
+                                                     DECODERS if decoders is None else decoders)}},
     }

@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any
 from gateway.errors import PromptwireError
 
 if TYPE_CHECKING:
-    from gateway.stages.base import Stage
-    from gateway.types import Completion, GatewayRequest, StageStats, StreamChunk, Usage
+    from gateway.stages.base import Stage, StageResult
+    from gateway.types import Completion, GatewayRequest, StreamChunk, Usage
 
 __all__ = ["RequestTrace", "Tracer", "inject"]
 
@@ -302,17 +302,18 @@ class RequestTrace:
         """The root span."""
         return self._root
 
-    async def stage(self, stage: Stage, req: GatewayRequest, opts: Any) -> tuple[GatewayRequest, StageStats]:
+    async def stage(self, stage: Stage, req: GatewayRequest, opts: Any) -> StageResult:
         """``stage.apply(req, opts)`` in a ``promptwire.stage.<name>`` span."""
         with self._otel.start_as_current_span(
             f"promptwire.stage.{stage.name}", context=self._ctx, record_exception=False,
             set_status_on_exception=False,
         ) as span:
             try:
-                req, st = await stage.apply(req, opts)
+                result = await stage.apply(req, opts)
             except BaseException as e:
                 _fail(span, e)
                 raise
+            st = result.stats
             if span.is_recording():
                 span.set_attributes({
                     "promptwire.stage.tokens_before": st.tokens_before,
@@ -322,7 +323,7 @@ class RequestTrace:
                 })
                 if st.choice is not None:
                     span.set_attribute("promptwire.stage.choice", st.choice)
-            return req, st
+            return result
 
     def upstream(self, backend: str, model: str, *, stream: bool) -> _Upstream:
         """A context manager around one backend attempt (for a stream: until its first chunk; the span

@@ -1,20 +1,26 @@
-"""Providers: backends that generate text, by config name."""
+"""Providers: backends that generate text, by config type (``backends.<name>.type``)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from gateway.config.schema import AnyBackend, LocalBackendConfig, OpenAIBackendConfig
 from gateway.providers.base import Provider, ProviderFactory
 from gateway.providers.openai import OpenAIProvider
 
 if TYPE_CHECKING:
-    from gateway.config import BackendConfig
     from gateway.observe.metrics import Metrics
 
 __all__ = ["PROVIDERS", "Provider", "ProviderFactory"]
 
 
-def _local(name: str, config: BackendConfig, metrics: Metrics | None) -> Provider:
+def _openai(name: str, config: AnyBackend, metrics: Metrics | None) -> Provider:
+    assert isinstance(config, OpenAIBackendConfig)  # the config's type field chose this factory
+    return OpenAIProvider(name, config, metrics)
+
+
+def _local(name: str, config: AnyBackend, metrics: Metrics | None) -> Provider:
+    assert isinstance(config, LocalBackendConfig)
     # Imported on use: it pulls in torch and transformers, which a pure proxy never needs.
     from gateway.providers.local import LocalProvider
 
@@ -22,7 +28,7 @@ def _local(name: str, config: BackendConfig, metrics: Metrics | None) -> Provide
 
 
 PROVIDERS: dict[str, ProviderFactory] = {
-    "openai": OpenAIProvider,
+    "openai": _openai,
     "local": _local,
 }
 """Provider type (``backends.<name>.type`` in config) -> factory."""

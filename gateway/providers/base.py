@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from gateway.types import Completion, GatewayRequest, ModelInfo, StreamChunk
 
 if TYPE_CHECKING:
-    from gateway.config import BackendConfig
+    from gateway.config.schema import AnyBackend
     from gateway.observe.metrics import Metrics
 
 __all__ = ["Provider", "ProviderFactory"]
@@ -50,5 +50,10 @@ class Provider(Protocol):
         ...
 
 
-ProviderFactory = Callable[["str", "BackendConfig", "Metrics | None"], Provider]
+# A provider that serves a model in-process may also offer ``model_access() -> ModelAccess``
+# (gateway.stages.base): model-bound stages (IDP) use that model through it, and only such a
+# provider accepts ``GatewayRequest.soft_prompt``.
+
+
+ProviderFactory = Callable[["str", "AnyBackend", "Metrics | None"], Provider]
 """``factory(backend_name, backend_config, metrics) -> Provider`` (``backends.<name>`` from the config)."""

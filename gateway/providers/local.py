@@ -36,7 +36,7 @@ from gateway.errors import InvalidRequest, UpstreamError
 from gateway.types import Completion, GatewayRequest, ModelInfo, StreamChunk
 
 if TYPE_CHECKING:
-    from gateway.config import BackendConfig
+    from gateway.config.schema import LocalBackendConfig
     from gateway.observe.metrics import Metrics
 
 __all__ = ["DECODER_FACTORIES", "TINY_PREFIX", "LocalProvider", "resolve_model_source"]
@@ -104,7 +104,7 @@ def default_model_id(source: str) -> str:
 class LocalProvider:
     """Serves one local model through the continuous-batching engine."""
 
-    def __init__(self, name: str, config: BackendConfig, metrics: Metrics | None = None) -> None:
+    def __init__(self, name: str, config: LocalBackendConfig, metrics: Metrics | None = None) -> None:
         if not config.model_path:
             raise ValueError(f"backends.{name}: type local needs model_path (a directory or Hugging Face id)")
         self.name = name

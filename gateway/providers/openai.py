@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import PromptwireError, RequestTimeout, UpstreamError, UpstreamStatusError
+from gateway.observe.tracing import inject
 from gateway.providers.choice import apply_choice
 from gateway.providers.http1 import (
     CertificateError,
@@ -25,11 +26,10 @@ from gateway.providers.http1 import (
     Response,
     StaleConnection,
 )
-from gateway.observe.tracing import inject
 from gateway.types import Completion, GatewayRequest, ModelInfo, StreamChunk
 
 if TYPE_CHECKING:
-    from gateway.config import BackendConfig
+    from gateway.config.schema import OpenAIBackendConfig
     from gateway.observe.metrics import Metrics
 
 __all__ = ["OpenAIProvider", "upstream_errors"]
@@ -83,8 +83,7 @@ class OpenAIProvider:
     """Trie labels map to the upstream's structured-output choice (``structured_choice`` in config);
     apply_choice answers the clear error when the upstream cannot do it."""
 
-    def __init__(self, name: str, config: BackendConfig, metrics: Metrics | None = None) -> None:
-        assert config.base_url is not None  # checked by config validation
+    def __init__(self, name: str, config: OpenAIBackendConfig, metrics: Metrics | None = None) -> None:
         self.name = name
         self.config = config
         self.base_url = config.base_url.split("?", 1)[0].rstrip("/")  # for log lines; the pool keeps the query
@@ -109,7 +108,7 @@ class OpenAIProvider:
         # created lazily: the pool belongs to the running loop
         if self._pool_ is None:
             c = self.config
-            self._pool_ = HTTP1Pool(c.base_url or "", max_connections=c.max_connections,
+            self._pool_ = HTTP1Pool(c.base_url, max_connections=c.max_connections,
                                     connect_timeout=c.timeouts.connect_s, tls_ca_file=c.tls_ca_file,
                                     tls_verify=c.tls_verify)
         return self._pool_

@@ -17,8 +17,9 @@ from compressors.llmlingua2.serving import (
     CompressorOverloaded,
     CompressorService,
 )
+from gateway.config.stages import CompressConfig
 from gateway.errors import InvalidRequest, Overloaded, PromptwireError, ShuttingDown
-from gateway.stages.base import check_options
+from gateway.stages.base import StageDeps, StageResult, check_options
 from gateway.tokens import count_tokens
 from gateway.types import ChatMessage, GatewayRequest, StageStats
 
@@ -209,7 +210,7 @@ class CompressStage:
     def validate(self, options: Mapping[str, Any]) -> Mapping[str, Any]:
         return validate_compress_options({**self.defaults, **options})
 
-    async def apply(self, req: GatewayRequest, options: Mapping[str, Any]) -> tuple[GatewayRequest, StageStats]:
+    async def apply(self, req: GatewayRequest, options: Mapping[str, Any]) -> StageResult:
         t0 = time.perf_counter()
         before = count_tokens(req.prompt_text())
         mode = options["compat"]
@@ -229,7 +230,7 @@ class CompressStage:
             choice=choice,
             extra={"mode": mode, "provider": self.service.provider},
         )
-        return new_req, stats
+        return StageResult(new_req, stats)
 
     async def _chat(self, req: GatewayRequest, options: Mapping[str, Any]) -> GatewayRequest:
         if options["compat"] == "llmlingua":
@@ -298,32 +299,18 @@ class CompressStage:
         await self.service.aclose()
 
 
-def make_compress_stage(config: Mapping[str, Any]) -> CompressStage:
-    """Stage factory for the STAGES table; config is ``stages.compress`` from the YAML:
-
-    ``model`` (exported dir, checkpoint dir or HF id; required), ``int8`` (bool), ``threads``
-    (onnxruntime intra-op threads), ``workers``, ``max_batch_size``, ``max_wait_ms``, ``max_queue``,
-    ``defaults`` (option defaults, e.g. ``{rate: 0.5}``).
-    """
+def make_compress_stage(config: CompressConfig, deps: StageDeps | None = None) -> CompressStage:
+    """The table's factory for ``stages.compress`` (gateway/config/stages.py: CompressConfig)."""
     from compressors.llmlingua2.compressor import Compressor
 
-    known = {"model", "int8", "threads", "workers", "max_batch_size", "max_wait_ms", "max_queue", "defaults"}
-    unknown = sorted(set(config) - known)
-    if unknown:
-        raise ValueError(f"stages.compress: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
-    model = config.get("model")
-    if not model:
-        raise ValueError("stages.compress.model: the compressor model (an exported or checkpoint directory) is required")
-    defaults = dict(config.get("defaults") or {})
+    defaults = dict(config.defaults)
     validate_compress_options(defaults, prefix="stages.compress.defaults.")
-    compressor = Compressor(
-        str(model), int8=bool(config.get("int8", False)), intra_op_threads=config.get("threads") or None
-    )
+    compressor = Compressor(config.model, int8=config.int8, intra_op_threads=config.threads)
     batcher = BatcherConfig(
-        max_batch_size=int(config.get("max_batch_size", 16)),
-        max_wait_ms=float(config.get("max_wait_ms", 2.0)),
-        workers=int(config.get("workers", 1)),
-        max_queue=int(config.get("max_queue", 1024)),
+        max_batch_size=config.max_batch_size,
+        max_wait_ms=config.max_wait_ms,
+        workers=config.workers,
+        max_queue=config.max_queue,
     )
-    logger.info("compress stage: model %s on %s", model, compressor.provider)
-    return CompressStage(CompressorService(compressor, batcher), defaults, model_name=Path(str(model)).name)
+    logger.info("compress stage: model %s on %s", config.model, compressor.provider)
+    return CompressStage(CompressorService(compressor, batcher), defaults, model_name=Path(config.model).name)

@@ -71,7 +71,7 @@ def test_serve_config_errors_name_the_file_the_variable_or_the_option(
     f.write_text("backends:\n  l: {type: local}\n  v: {base_url: 'ftp://h/v1'}\n")
     assert main(["serve", "--config", str(f), "--no-grpc"]) == 2
     err = capsys.readouterr().err
-    assert f"{f}: backends.l: type local needs model_path" in err
+    assert f"{f}: backends.l.model_path: required (type local" in err
     assert f"{f}: backends.v.base_url: 'ftp://h/v1' is not an http:// or https:// URL" in err
     with pytest.raises(ConfigError) as ei:
         _config(["--http-port", "70000", "--upstream", "http://h:1"], {"PROMPTWIRE_LIMITS__MAX_IN_FLIGHT": "0"})

@@ -9,8 +9,8 @@ import pytest
 
 from compressors.llmlingua2.compressor import Compressor
 from compressors.llmlingua2.serving import BatcherConfig, CompressorService
-from gateway.stages.compress_api import CompressAPI
 from gateway.errors import InvalidRequest, NotFound
+from gateway.stages.compress_api import CompressAPI
 from protos.promptwire.v1 import common_pb2, compress_pb2, options_pb2
 from tests.compressors.test_serving_model import TEXTS, tiny_exported
 
@@ -147,9 +147,10 @@ async def test_proto_round_trip(api: CompressAPI, compressor: Compressor) -> Non
 
 
 async def test_from_stage(tmp_path_factory: pytest.TempPathFactory) -> None:
+    from gateway.config.stages import CompressConfig
     from gateway.stages.compress import make_compress_stage
 
-    stage = make_compress_stage({"model": str(tiny_exported(tmp_path_factory))})
+    stage = make_compress_stage(CompressConfig(model=str(tiny_exported(tmp_path_factory))))
     api = CompressAPI.from_stage(stage)
     out = await api.handle_json({"text": TEXTS[2], "rate": 0.5})
     assert out["model"] == "onnx" and out["compressed_tokens"] <= out["origin_tokens"]

@@ -61,10 +61,10 @@ def test_ambiguous_segment_is_an_error(tmp_path: Path) -> None:
         ("PROMPTWIRE_BACKENDS__VLLM__BASE_URL", "ftp://x/v1",
          "environment PROMPTWIRE_BACKENDS__VLLM__BASE_URL: backends.vLLM.base_url: 'ftp://x/v1' is not an http"),
         ("PROMPTWIRE_SERVER__HTPP_PORT", "1",
-         "environment PROMPTWIRE_SERVER__HTPP_PORT: server.htpp_port: Extra inputs are not permitted"),
+         "environment PROMPTWIRE_SERVER__HTPP_PORT: server.htpp_port: unknown key 'htpp_port'"),
         # a backend the variable creates: its missing base_url is the variable's doing, not the file's
         ("PROMPTWIRE_BACKENDS__NEW__TYPE", "openai",
-         "environment PROMPTWIRE_BACKENDS__NEW__TYPE: backends.new: type openai needs base_url"),
+         "environment PROMPTWIRE_BACKENDS__NEW__TYPE: backends.new.base_url: required (type openai"),
         ("PROMPTWIRE_DEFAULT_BACKEND", "x", None),  # no "__": not an override (other PROMPTWIRE_ settings)
         ("PROMPTWIRE_MODELS__0__MATCH", "x",
          "environment PROMPTWIRE_MODELS__0__MATCH: models is a list; the environment cannot set one of its "

@@ -135,8 +135,8 @@ async def test_upstream_seconds_observed_for_grpc_streams_and_models_name_their_
 async def test_reflection_v1_and_v1alpha(make_upstream: Any) -> None:
     from grpc_reflection.v1alpha import reflection_pb2
 
-    from gateway.grpc.server import SERVICE_NAME, start_grpc_server
     from gateway.core.gateway import Gateway
+    from gateway.grpc.server import SERVICE_NAME, start_grpc_server
 
     gw = Gateway(GatewayConfig.model_validate(_cfg(make_upstream().url)))
     await gw.start()
@@ -231,8 +231,8 @@ async def test_chat_streams_tool_calls_and_refusal_end_to_end() -> None:
 async def test_unauthenticated_calls_do_not_use_up_model_labels(make_upstream: Any) -> None:
     import hashlib
 
-    from gateway.observe.metrics import MAX_MODEL_LABELS
     from gateway.core.gateway import Gateway
+    from gateway.observe.metrics import MAX_MODEL_LABELS
     from tests.support.grpc_stub import serving_stub
 
     up = make_upstream()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.grpc import convert as conv
 from gateway.errors import InvalidRequest
+from gateway.grpc import convert as conv
 from gateway.types import StreamChunk
 from protos.promptwire.v1 import common_pb2, gateway_pb2, options_pb2
 

@@ -16,8 +16,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from gateway.config import GatewayConfig
-from gateway.grpc.server import SERVICE_NAME, GrpcHandle, start_grpc_server
 from gateway.core.gateway import Gateway
+from gateway.grpc.server import SERVICE_NAME, GrpcHandle, start_grpc_server
 from protos.promptwire.v1 import common_pb2, compress_pb2, gateway_pb2, gateway_pb2_grpc, options_pb2
 from tests.support.upstream import UpstreamServer
 
@@ -328,7 +328,8 @@ async def test_reserved_rpcs_are_unimplemented_with_a_message(serve: Any) -> Non
     s = await serve()
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await s.stub.Compress(compress_pb2.CompressRequest(text="hello"))
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE  # as HTTP's 503
+    assert ("x-promptwire-error-code", "no_compressor") in tuple(err.value.trailing_metadata() or ())
     assert "stages.compress.model" in (err.value.details() or "")  # says how to configure one
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await s.stub.CondenseHistory(gateway_pb2.CondenseHistoryRequest())
@@ -348,6 +349,7 @@ class DropLastWord:
     async def apply(self, req: Any, options: Any) -> Any:
         import dataclasses
 
+        from gateway.stages.base import StageResult
         from gateway.types import ChatMessage, StageStats
 
         last = req.messages[-1]
@@ -355,15 +357,23 @@ class DropLastWord:
         new = ChatMessage(role=last.role, content=" ".join(words[:-1]), extra=last.extra)
         stats = StageStats("compress", len(words), len(words) - 1, 0.25, choice=f"rate={options.get('rate')}",
                            extra={"force_tokens": options.get("force_tokens", [])})  # fmt: skip
-        return dataclasses.replace(req, messages=(*req.messages[:-1], new)), stats
+        return StageResult(dataclasses.replace(req, messages=(*req.messages[:-1], new)), stats)
 
 
-async def test_stage_options_from_typed_fields_and_stats_in_trailers(upstream: UpstreamServer) -> None:
+async def test_stage_options_from_typed_fields_and_stats_in_trailers(
+    upstream: UpstreamServer, register_stage: Any
+) -> None:
+    import dataclasses
+
+    from gateway.stages.table import STAGES
+
+    register_stage(dataclasses.replace(STAGES["compress"], factory=lambda config, deps: DropLastWord()))
     raw = {
         "backends": {"up": {"type": "openai", "base_url": upstream.url}},
         "default_stages": [{"name": "compress", "options": {"rate": 0.5}, "client_options": ["*"]}],
+        "stages": {"compress": {"model": "unused: the test's stage stands in for the compressor"}},
     }
-    gw = Gateway(GatewayConfig.model_validate(raw), stages={"compress": lambda cfg: DropLastWord()})
+    gw = Gateway(GatewayConfig.model_validate(raw))
     await gw.start()
     handle = await start_grpc_server(gw, "127.0.0.1", 0, health_interval_s=None)
     try:

@@ -437,7 +437,7 @@ async def test_interim_1xx_before_the_final_response(interim: bytes) -> None:
 async def test_readiness_probe_on_a_stale_keepalive_connection(monkeypatch: Any) -> None:
     """The upstream closed the idle connection just as the probe went out (same race as F2 for POSTs):
     GET /models is idempotent, yet the probe is not resent and /readyz flips to 503 for 2 s."""
-    from gateway.config import BackendConfig
+    from gateway.config import OpenAIBackendConfig
     from gateway.providers import openai as prov
     body = json.dumps({"object": "list", "data": [{"id": "m"}]}).encode()
     async def script(n: int, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
@@ -447,7 +447,7 @@ async def test_readiness_probe_on_a_stale_keepalive_connection(monkeypatch: Any)
         await w.drain()
         return True
     async with _Raw(script) as up:
-        p = prov.OpenAIProvider("up", BackendConfig(base_url=up.url))
+        p = prov.OpenAIProvider("up", OpenAIBackendConfig(base_url=up.url))
         try:
             assert await p.ready() is True           # connection 1, pooled
             monkeypatch.setattr(prov, "_READY_CACHE_S", 0.0)

@@ -17,9 +17,9 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcess
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from gateway import tracing
+from gateway.observe import tracing
 from gateway.types import ChatMessage, GatewayRequest
-from tests.gateway.test_pipeline import STAGES, _config
+from tests.gateway.test_pipeline import KEEP_LAST, _config
 from tests.support.proxy import RunningProxy, upstream_config
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -69,15 +69,17 @@ HISTORY = [
 ]
 
 
-def test_chat_request_records_root_stage_and_upstream_spans(make_upstream: Any, make_proxy: Any) -> None:
+def test_chat_request_records_root_stage_and_upstream_spans(make_upstream: Any, make_proxy: Any,
+                                                           register_stage: Any) -> None:
+    register_stage(KEEP_LAST)
     up = make_upstream()
-    proxy = make_proxy({**_config(up.url), "otel": True}, stages=STAGES)
+    proxy = make_proxy({**_config(up.url), "otel": True})
     exporter = _traced(proxy)
     with proxy.client() as client:
         raw = client.chat.completions.with_raw_response.create(model="test-model", messages=HISTORY)
     rid = raw.headers["x-request-id"]
     root, names = _one_trace(exporter)
-    assert set(names) == {"promptwire.generate", "promptwire.stage.condense_history", "promptwire.upstream"}
+    assert set(names) == {"promptwire.generate", "promptwire.stage.keep_last", "promptwire.upstream"}
     a = root.attributes
     assert root.kind == SpanKind.SERVER and root.parent is None
     assert root.status.status_code == StatusCode.OK
@@ -90,7 +92,7 @@ def test_chat_request_records_root_stage_and_upstream_spans(make_upstream: Any, 
     assert a["gen_ai.usage.input_tokens"] == usage.prompt_tokens > 0
     assert a["gen_ai.usage.output_tokens"] == usage.completion_tokens > 0
     assert 0 < a["promptwire.overhead_ms"] < 1000
-    (stage,) = names["promptwire.stage.condense_history"]
+    (stage,) = names["promptwire.stage.keep_last"]
     assert stage.attributes["promptwire.stage.choice"] == "kept 1"
     assert stage.attributes["promptwire.stage.tokens_saved"] > 0
     (upstream,) = names["promptwire.upstream"]
@@ -206,8 +208,8 @@ async def _grpc_chat(up: Any, metadata: tuple[tuple[str, str], ...]) -> InMemory
     import grpc
 
     from gateway.config import GatewayConfig
-    from gateway.grpc.server import start_grpc_server
     from gateway.core.gateway import Gateway
+    from gateway.grpc.server import start_grpc_server
     from protos.promptwire.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
     gw = Gateway(GatewayConfig.model_validate({**upstream_config(up.url), "otel": True}))

@@ -9,8 +9,8 @@ from typing import Any
 import grpc
 
 from gateway.config import GatewayConfig
-from gateway.grpc.server import start_grpc_server
 from gateway.core.gateway import Gateway
+from gateway.grpc.server import start_grpc_server
 from protos.promptwire.v1 import gateway_pb2_grpc
 
 __all__ = ["grpc_stub", "serving_stub"]

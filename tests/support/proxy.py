@@ -15,9 +15,8 @@ import uvicorn
 import uvloop
 
 from gateway.config import GatewayConfig, validate_config
-from gateway.http.app import create_app
 from gateway.core.gateway import Gateway
-from gateway.stages.base import StageFactory
+from gateway.http.app import create_app
 
 __all__ = ["RunningProxy", "upstream_config"]
 
@@ -25,9 +24,8 @@ __all__ = ["RunningProxy", "upstream_config"]
 class RunningProxy:
     """``with RunningProxy(config) as p:`` serves ``p.url`` (…/v1) until the block ends."""
 
-    def __init__(self, config: GatewayConfig | Mapping[str, Any], *, stages: Mapping[str, StageFactory] | None = None):
+    def __init__(self, config: GatewayConfig | Mapping[str, Any]):
         self.config = config if isinstance(config, GatewayConfig) else validate_config(dict(config), "<test config>")
-        self._stages = stages
         self.gateway: Gateway | None = None
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -60,8 +58,7 @@ class RunningProxy:
 
     async def _main(self, sock: socket.socket) -> None:
         self._loop = asyncio.get_running_loop()
-        kwargs: dict[str, Any] = {} if self._stages is None else {"stages": self._stages}
-        self.gateway = Gateway(self.config, **kwargs)
+        self.gateway = Gateway(self.config)
         try:
             await self.gateway.start()
             config = uvicorn.Config(create_app(self.gateway), lifespan="off", http="httptools", loop="none",

@@ -127,19 +127,33 @@ class CompressStage(_message.Message):
     def __init__(self, disabled: _Optional[_Union[Disabled, _Mapping]] = ..., options: _Optional[_Union[CompressStageOptions, _Mapping]] = ...) -> None: ...
 
 class CondenseHistoryOptions(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("window", "budget_tokens", "roles", "min_chars")
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ROLES_FIELD_NUMBER: _ClassVar[int]
+    MIN_CHARS_FIELD_NUMBER: _ClassVar[int]
+    window: int
+    budget_tokens: int
+    roles: _containers.RepeatedScalarFieldContainer[str]
+    min_chars: int
+    def __init__(self, window: _Optional[int] = ..., budget_tokens: _Optional[int] = ..., roles: _Optional[_Iterable[str]] = ..., min_chars: _Optional[int] = ...) -> None: ...
 
 class SelectPromptOptions(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("pool",)
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    pool: str
+    def __init__(self, pool: _Optional[str] = ...) -> None: ...
 
 class ConjugateOptions(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("transform", "language")
+    TRANSFORM_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    transform: str
+    language: str
+    def __init__(self, transform: _Optional[str] = ..., language: _Optional[str] = ...) -> None: ...
 
 class CompressStageOptions(_message.Message):
-    __slots__ = ("rate", "target_token", "force_tokens", "roles", "protections", "force_reserve_digit", "drop_consecutive")
+    __slots__ = ("rate", "target_token", "force_tokens", "roles", "protections", "force_reserve_digit", "drop_consecutive", "compat")
     RATE_FIELD_NUMBER: _ClassVar[int]
     TARGET_TOKEN_FIELD_NUMBER: _ClassVar[int]
     FORCE_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -147,6 +161,7 @@ class CompressStageOptions(_message.Message):
     PROTECTIONS_FIELD_NUMBER: _ClassVar[int]
     FORCE_RESERVE_DIGIT_FIELD_NUMBER: _ClassVar[int]
     DROP_CONSECUTIVE_FIELD_NUMBER: _ClassVar[int]
+    COMPAT_FIELD_NUMBER: _ClassVar[int]
     rate: float
     target_token: int
     force_tokens: _containers.RepeatedScalarFieldContainer[str]
@@ -154,7 +169,8 @@ class CompressStageOptions(_message.Message):
     protections: Protections
     force_reserve_digit: bool
     drop_consecutive: bool
-    def __init__(self, rate: _Optional[float] = ..., target_token: _Optional[int] = ..., force_tokens: _Optional[_Iterable[str]] = ..., roles: _Optional[_Iterable[str]] = ..., protections: _Optional[_Union[Protections, _Mapping]] = ..., force_reserve_digit: _Optional[bool] = ..., drop_consecutive: _Optional[bool] = ...) -> None: ...
+    compat: str
+    def __init__(self, rate: _Optional[float] = ..., target_token: _Optional[int] = ..., force_tokens: _Optional[_Iterable[str]] = ..., roles: _Optional[_Iterable[str]] = ..., protections: _Optional[_Union[Protections, _Mapping]] = ..., force_reserve_digit: _Optional[bool] = ..., drop_consecutive: _Optional[bool] = ..., compat: _Optional[str] = ...) -> None: ...
 
 class Protections(_message.Message):
     __slots__ = ("code_blocks", "json", "urls", "identifiers", "numbers")
@@ -195,9 +211,45 @@ class TrieDecoder(_message.Message):
     def __init__(self, labels: _Optional[_Iterable[str]] = ..., separator: _Optional[str] = ..., max_labels: _Optional[int] = ..., mode: _Optional[_Union[TrieMode, str]] = ..., scoring: _Optional[bool] = ...) -> None: ...
 
 class UscdDecoder(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("alpha", "mode", "measure", "threshold", "lazy", "plausibility", "lame_prompt_text", "lame_prompt_ids")
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    MEASURE_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    LAZY_FIELD_NUMBER: _ClassVar[int]
+    PLAUSIBILITY_FIELD_NUMBER: _ClassVar[int]
+    LAME_PROMPT_TEXT_FIELD_NUMBER: _ClassVar[int]
+    LAME_PROMPT_IDS_FIELD_NUMBER: _ClassVar[int]
+    alpha: float
+    mode: str
+    measure: str
+    threshold: float
+    lazy: bool
+    plausibility: float
+    lame_prompt_text: str
+    lame_prompt_ids: TokenIds
+    def __init__(self, alpha: _Optional[float] = ..., mode: _Optional[str] = ..., measure: _Optional[str] = ..., threshold: _Optional[float] = ..., lazy: _Optional[bool] = ..., plausibility: _Optional[float] = ..., lame_prompt_text: _Optional[str] = ..., lame_prompt_ids: _Optional[_Union[TokenIds, _Mapping]] = ...) -> None: ...
+
+class TokenIds(_message.Message):
+    __slots__ = ("ids",)
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class DecogDecoder(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("format", "hmm", "prune_top_k")
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    HMM_FIELD_NUMBER: _ClassVar[int]
+    PRUNE_TOP_K_FIELD_NUMBER: _ClassVar[int]
+    format: DecogFormat
+    hmm: str
+    prune_top_k: int
+    def __init__(self, format: _Optional[_Union[DecogFormat, _Mapping]] = ..., hmm: _Optional[str] = ..., prune_top_k: _Optional[int] = ...) -> None: ...
+
+class DecogFormat(_message.Message):
+    __slots__ = ("template", "regex")
+    TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    REGEX_FIELD_NUMBER: _ClassVar[int]
+    template: str
+    regex: str
+    def __init__(self, template: _Optional[str] = ..., regex: _Optional[str] = ...) -> None: ...

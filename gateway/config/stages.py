@@ -1,0 +1,149 @@
+"""One typed class per stage's construction config (``stages.<name>``) and per decoder's (``decoders.<name>``).
+
+Kept torch-free and import-light: the table (gateway/stages/table.py), config validation and
+``config check`` read them without loading any model runtime. Each class may list the backends it
+refers to (``backend_refs``) so that a stage asking for a model its backend cannot run is a
+configuration error naming the key, before anything loads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import Field
+
+from gateway.config.base import Strict
+
+__all__ = [
+    "BackendRef",
+    "CompressConfig",
+    "CondenseHistoryConfig",
+    "ConjugateConfig",
+    "DecodersConfig",
+    "DecogConfig",
+    "NoConfig",
+    "SelectPromptConfig",
+    "SoftPoolConfig",
+    "StagesConfig",
+    "TextEntry",
+    "TextPoolConfig",
+]
+
+BackendRef = tuple[tuple[str | int, ...], str, str]
+"""(key path relative to the class, backend name, backend type it must have)."""
+
+
+class NoConfig(Strict):
+    """A stage or decoder with nothing to configure."""
+
+    def backend_refs(self) -> list[BackendRef]:
+        return []
+
+
+class CompressConfig(Strict):
+    """``stages.compress``: the LLMLingua-2 compressor and its serving policy."""
+
+    model: str
+    """Exported ONNX directory, checkpoint directory or Hugging Face id (exported and cached on first use)."""
+    int8: bool = False
+    threads: int | None = Field(default=None, ge=1)
+    """ONNX Runtime intra-op threads (default: the runtime's choice)."""
+    workers: int = Field(default=1, ge=1, le=64)
+    max_batch_size: int = Field(default=16, ge=1, le=1024)
+    max_wait_ms: float = Field(default=2.0, ge=0)
+    max_queue: int = Field(default=1024, ge=1)
+    defaults: Mapping[str, Any] = Field(default_factory=dict)
+    """Option defaults merged under each request's options (e.g. ``{rate: 0.5}``)."""
+
+    def backend_refs(self) -> list[BackendRef]:
+        return []
+
+
+class CondenseHistoryConfig(Strict):
+    """``stages.condense_history``: option defaults for diff-history condensing."""
+
+    defaults: Mapping[str, Any] = Field(default_factory=dict)
+
+    def backend_refs(self) -> list[BackendRef]:
+        return []
+
+
+class SoftPoolConfig(Strict):
+    """A pool of trained soft prompts, chosen by the local model's attention (IDP)."""
+
+    type: Literal["soft"]
+    path: str
+    """The pool file (safetensors: ``prompts`` (m, n, d), metadata ``names`` and the model's fingerprint)."""
+    backend: str
+    """The ``local`` backend whose model reads the prompts (and must have made them)."""
+    layers: tuple[int, ...] | None = None
+    """Layers whose attention is averaged (negative counts from the end); None: the documented default."""
+
+
+class TextEntry(Strict):
+    name: str
+    text: str
+    description: str
+
+
+class TextPoolConfig(Strict):
+    """A pool of text instructions chosen by embedding similarity (IDP-text, for any backend)."""
+
+    type: Literal["text"]
+    entries: tuple[TextEntry, ...] = Field(min_length=1)
+    threshold: float = Field(default=0.0, ge=-1, le=1)
+    fallback: str | None = None
+    """An entry name used when no entry reaches the threshold; None: no instruction then."""
+
+
+class SelectPromptConfig(Strict):
+    """``stages.select_prompt``: named prompt pools."""
+
+    pools: Mapping[str, SoftPoolConfig | TextPoolConfig] = Field(default_factory=dict)
+    default_pool: str | None = None
+    """The pool used when the request names none; default: the only pool, if there is one."""
+    defaults: Mapping[str, Any] = Field(default_factory=dict)
+
+    def backend_refs(self) -> list[BackendRef]:
+        return [(("pools", name, "backend"), p.backend, "local") for name, p in self.pools.items()
+                if isinstance(p, SoftPoolConfig)]
+
+
+class ConjugateConfig(Strict):
+    """``stages.conjugate``: who may use which transform, where every use is recorded."""
+
+    allow: Mapping[str, tuple[str, ...]] = Field(default_factory=dict)
+    """API key id (``anonymous`` with no keys configured) -> transforms it may use (``leet``,
+    ``pig_latin``, ``translate:<lang>``)."""
+    audit_path: str
+    """JSON-lines audit file, appended to and fsynced before each response (required)."""
+    defaults: Mapping[str, Any] = Field(default_factory=dict)
+
+    def backend_refs(self) -> list[BackendRef]:
+        return []
+
+
+class DecogConfig(Strict):
+    """``decoders.decog``: HMMs distilled from the served model, by name (clients name them, never paths)."""
+
+    hmms: Mapping[str, str] = Field(default_factory=dict)
+    """HMM name -> directory written by ``promptwire decog distill``."""
+
+    def backend_refs(self) -> list[BackendRef]:
+        return []
+
+
+class StagesConfig(Strict):
+    """``stages``: one optional section per stage in gateway/stages/table.py (a test keeps them equal)."""
+
+    condense_history: CondenseHistoryConfig | None = None
+    select_prompt: SelectPromptConfig | None = None
+    conjugate: ConjugateConfig | None = None
+    compress: CompressConfig | None = None
+
+
+class DecodersConfig(Strict):
+    """``decoders``: one optional section per decoder that has something to configure."""
+
+    decog: DecogConfig | None = None
