@@ -145,6 +145,10 @@ def problems(tree: Any) -> list[tuple[Loc, str]]:
             name = stage_name(_get(spec, "name"), (*loc, j, "name"))
             if name is None:
                 continue
+            required = [k for k, f in STAGES[name].config.model_fields.items() if f.is_required()]
+            if required and _get(_get(tree, "stages"), name) is None:
+                out.append(((*loc, j, "name"), f"stage {name!r} needs a stages.{name} section "
+                                               f"({', '.join(required)} required)"))
             options(name, _get(spec, "options"), (*loc, j, "options"))
             allowed = _get(spec, "client_options")
             if isinstance(allowed, list | tuple):
@@ -174,10 +178,11 @@ def problems(tree: Any) -> list[tuple[Loc, str]]:
                         out.append((("auth", "keys", i, "stages", j), f"unknown stage {name!r} (known: {known_s})"))
 
     for name, conf in _items(_get(tree, "stages")):
+        if name in STAGES:  # also for a stage not built yet: its config still names backends
+            _backend_refs(STAGES[name].config, conf, ("stages", name), backends, out)
         if stage_name(name, ("stages", name)) is None:
             continue
         options(name, _get(conf, "defaults"), ("stages", name, "defaults"))
-        _backend_refs(STAGES[name].config, conf, ("stages", name), backends, out)
     known_d = ", ".join(DECODERS)
     for name, conf in _items(_get(tree, "decoders")):
         entry = DECODERS.get(name)
