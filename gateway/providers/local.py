@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import importlib
 import json
 import logging
 import os
@@ -33,13 +32,14 @@ from decoders.trie.index import label_index
 from decoders.trie.labels import LabelSpec, TrieOptions
 from decoders.trie.score import LabelScores, score_labels
 from gateway.errors import InvalidRequest, UpstreamError
+from gateway.stages.table import DECODERS, load_factory
 from gateway.types import Completion, GatewayRequest, ModelInfo, StreamChunk
 
 if TYPE_CHECKING:
     from gateway.config.schema import LocalBackendConfig
     from gateway.observe.metrics import Metrics
 
-__all__ = ["DECODER_FACTORIES", "TINY_PREFIX", "LocalProvider", "resolve_model_source"]
+__all__ = ["TINY_PREFIX", "LocalProvider", "resolve_model_source"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,17 +53,13 @@ _UNSUPPORTED = ("tools", "functions", "tool_choice", "function_call", "logit_bia
 _MAX_N = 16
 _P = "promptwire.decoder."
 
-DECODER_FACTORIES: dict[str, str] = {"trie": "decoders.trie:build"}
-"""Decoder name -> factory import path, until the gateway's stage/decoder table replaces it."""
-
-
 def _factory(name: str) -> ProcessorFactory:
-    path = DECODER_FACTORIES.get(name)
-    if path is None:
-        known = ", ".join(sorted(DECODER_FACTORIES))
+    """The decoder's factory, from the one table of names (gateway/stages/table.py)."""
+    entry = DECODERS.get(name)
+    if entry is None or entry.factory is None:
+        known = ", ".join(n for n, e in DECODERS.items() if e.factory is not None)
         raise InvalidRequest(f"unknown decoder {name!r} (available: {known})", param=_P + "name")
-    module, attr = path.split(":")
-    factory: ProcessorFactory = getattr(importlib.import_module(module), attr)
+    factory: ProcessorFactory = load_factory(entry.factory)
     return factory
 
 
@@ -108,7 +104,7 @@ class LocalProvider:
         if not config.model_path:
             raise ValueError(f"backends.{name}: type local needs model_path (a directory or Hugging Face id)")
         self.name = name
-        self.decoders = frozenset(DECODER_FACTORIES)
+        self.decoders = frozenset(n for n, e in DECODERS.items() if e.factory is not None)
         self._source = config.model_path
         self._models = tuple(config.models or (default_model_id(config.model_path),))
         if self._source.startswith(TINY_PREFIX):

@@ -208,7 +208,7 @@ DECODERS: dict[str, DecoderEntry] = {
         ),
         "Output restricted to labels from a taxonomy (a token trie on the local model; a structured-output "
         "choice on upstreams that have one).",
-        "decoders.processors.trie:build",
+        "decoders.trie:build",
         "TrieDecoder",
         "",
     ),

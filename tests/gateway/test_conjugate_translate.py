@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from decoders.tiny import build_tiny_causal_lm
-from gateway.config import BackendConfig
+from gateway.config import LocalBackendConfig
 from gateway.providers.local import LocalProvider
 from gateway.stages.conjugate.languages import canonical, flores
 from gateway.stages.conjugate.translate import (
@@ -137,7 +137,7 @@ def test_translators_that_cannot_load_name_the_key(models: Path, tmp_path: Path)
 @pytest.fixture
 async def local_provider(tmp_path: Path) -> AsyncIterator[LocalProvider]:
     path = build_tiny_causal_lm(tmp_path / "qwen", "qwen2", seed=5)
-    provider = LocalProvider("local", BackendConfig(type="local", model_path=str(path), models=("tiny",)))
+    provider = LocalProvider("local", LocalBackendConfig(type="local", model_path=str(path), models=("tiny",)))
     yield provider
     await provider.aclose()
 
