@@ -60,6 +60,8 @@ class LimitsConfig(Strict):
     """Retry-After sent with 429 when max_in_flight is reached."""
     request_timeout_s: float | None = Field(default=600.0, gt=0)
     """Whole-request deadline (504); streams get it too."""
+    max_n: int = Field(default=128, ge=1, le=128)
+    """Largest ``n`` (choices per request) a client may ask for; OpenAI's own limit is 128."""
 
 
 class ApiKeyConfig(Strict):
@@ -130,6 +132,11 @@ class OpenAIBackendConfig(_Backend):
     structured_choice: Literal["structured_outputs", "guided_choice"] | None = None
     """How the upstream constrains output to one of a list (trie labels). vLLM >= 0.12:
     ``structured_outputs``; older vLLM: ``guided_choice``; None: it cannot (labels get a clear 400)."""
+    openai_limits: bool = True
+    """Check requests against OpenAI's limits (temperature 0-2, top_p 0-1, penalties -2..2, roles, at most
+    4 stop sequences, ...; gateway/core/fields.py) before sending them here. False for servers that accept
+    more (vLLM): the values go through unchecked when every backend of the route says so (``n`` and
+    ``max_tokens`` are checked for every backend)."""
 
     @field_validator("tls_ca_file")
     @classmethod

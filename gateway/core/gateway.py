@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway.config.schema import GatewayConfig
+from gateway.core.fields import check_fields
 from gateway.core.pipeline import Pipeline, hook_stats, hooked_completion, hooked_stream
 from gateway.core.policy import Admission, ApiKey, Keys, check_limits
 from gateway.core.routing import NO_BACKEND_MESSAGE, Route, Router, aclose_stream
@@ -152,6 +153,8 @@ class Gateway:
         key = self.keys.of_request(req)
         check_limits(req, self.config.limits)
         route = self.router.route(req.model)
+        check_fields(req.kind, req.params, req.messages, openai_limits=self.router.openai_limits(route),
+                     max_n=self.config.limits.max_n)
         self.router.check_decoder(req, route)
         plan = self.pipeline.plan(req, route, key)
         if self._log_prompts and logger.isEnabledFor(logging.DEBUG):  # operator opted in (log_prompts)

@@ -145,6 +145,11 @@ class Router:
             self._routes[model] = route
         return route
 
+    def openai_limits(self, route: Route) -> bool:
+        """Whether OpenAI's value limits apply: unless every backend of the route opted out
+        (``openai_limits: false``)."""
+        return any(getattr(self.config.backends.get(p.name), "openai_limits", True) for p in route.providers)
+
     def served_names(self, limit: int | None = 20) -> list[str]:
         names = {m for ms in self._discovered.values() for m in ms}
         names.update(m for bc in self.config.backends.values() for m in (bc.models or ()))

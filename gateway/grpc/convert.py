@@ -71,37 +71,18 @@ def _optional(msg: Any, names: Sequence[str]) -> dict[str, Any]:
     return {n: getattr(msg, n) for n in names if msg.HasField(n)}
 
 
-def _finite(value: float, param: str, low: float, high: float) -> None:
-    if not (math.isfinite(value) and low <= value <= high):
-        raise InvalidRequest(f"{param} must be between {low:g} and {high:g}, got {value!r}", param=param)
-
-
 def sampling_params(s: options_pb2.SamplingParams, kind: Literal["chat", "completion"]) -> dict[str, Any]:
-    """OpenAI body fields for the sampling parameters (validated; unset fields are left out)."""
+    """OpenAI body fields for the sampling parameters (unset fields are left out). Their values are
+    checked by the core against the one table of field rules (gateway/core/fields.py), as for HTTP."""
     params = _optional(
         s,
         ("max_tokens", "temperature", "top_p", "seed", "n", "presence_penalty", "frequency_penalty", "user"),
     )
-    if "temperature" in params:
-        _finite(params["temperature"], "sampling.temperature", 0.0, 2.0)
-    if "top_p" in params:
-        _finite(params["top_p"], "sampling.top_p", 0.0, 1.0)
-    for name in ("presence_penalty", "frequency_penalty"):
-        if name in params:
-            _finite(params[name], f"sampling.{name}", -2.0, 2.0)
-    if params.get("max_tokens") == 0:
-        raise InvalidRequest("sampling.max_tokens must be at least 1", param="sampling.max_tokens")
-    if params.get("n") == 0:
-        raise InvalidRequest("sampling.n must be at least 1", param="sampling.n")
     if s.stop:
         params["stop"] = list(s.stop)
-    if s.HasField("top_logprobs"):
-        if not s.logprobs:
-            raise InvalidRequest(
-                "sampling.top_logprobs needs sampling.logprobs = true", param="sampling.top_logprobs"
-            )
-        if s.top_logprobs > 20:
-            raise InvalidRequest("sampling.top_logprobs must be at most 20", param="sampling.top_logprobs")
+    if s.HasField("top_logprobs") and not s.logprobs:
+        # completions carry the count in `logprobs`: without it there is nowhere to put top_logprobs
+        raise InvalidRequest("sampling.top_logprobs needs sampling.logprobs = true", param="sampling.top_logprobs")
     if s.HasField("logprobs"):
         if kind == "chat":
             params["logprobs"] = s.logprobs

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 if TYPE_CHECKING:
     from gateway.stages.table import DecoderEntry, StageEntry
+    from gateway.types import RequestKind
 
 __all__ = [
     "ChatCompletionRequest",
@@ -66,12 +67,15 @@ class PromptwireExtension(_Open):
 
 
 class _Sampling(_Open):
+    """Types only: values are checked by the core against gateway/core/fields.py (the same for gRPC);
+    the OpenAPI document shows that table's bounds."""
+
     model: str
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    n: int | None = Field(default=None, ge=1)
+    n: int | None = None
     stop: str | list[str] | None = None
-    max_tokens: int | None = Field(default=None, ge=0)
+    max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
     seed: int | None = None
@@ -84,7 +88,7 @@ class _Sampling(_Open):
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessageModel] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=0)
+    max_completion_tokens: int | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
     response_format: dict[str, Any] | None = None
@@ -153,7 +157,21 @@ def _schema_refs(models: list[type[BaseModel]]) -> dict[str, Any]:
         for name, sub in s.pop("$defs", {}).items():
             schemas[name] = sub
         schemas[m.__name__] = s
+    _field_bounds(schemas)
     return schemas
+
+
+def _field_bounds(schemas: dict[str, Any]) -> None:
+    """The bounds of gateway/core/fields.py (the values the core checks) in the request schemas."""
+    from gateway.core.fields import MAX_STOP, ROLES, field_schema
+
+    kinds: tuple[tuple[str, RequestKind], ...] = (("ChatCompletionRequest", "chat"), ("CompletionRequest", "completion"))
+    for model, kind in kinds:
+        props = schemas[model]["properties"]
+        for name, bounds in field_schema(kind).items():
+            props[name].update(bounds)
+        props["stop"]["maxItems"] = MAX_STOP
+    schemas["ChatMessageModel"]["properties"]["role"]["enum"] = list(ROLES)
 
 
 def _extension_schema(stages: Mapping[str, StageEntry], decoders: Mapping[str, DecoderEntry]) -> dict[str, Any]:
