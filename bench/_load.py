@@ -32,6 +32,7 @@ class Target:
     model: str = "bench-model"
     api_key: str = "sk-bench"
     pids: tuple[int, ...] = ()  # server processes whose CPU time each phase records
+    extra_body: dict[str, Any] | None = None  # merged into every request body (e.g. a promptwire extension)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ def build_request(target: Target, stream: bool) -> bytes:
         "temperature": 0.0,
         "stream": stream,
     }
+    body.update(target.extra_body or {})
     data = json.dumps(body).encode()
     head = (
         f"POST {target.path} HTTP/1.1\r\nhost: 127.0.0.1:{target.port}\r\n"

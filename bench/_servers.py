@@ -160,8 +160,12 @@ def start_upstream(workdir: Path, latency_ms: float, chunk_gap_ms: float) -> Ser
     return server
 
 
-def start_promptwire(workdir: Path, upstream: Server, timeout_s: float = 60, workers: int = 1) -> Server:
-    """`promptwire serve --upstream URL [--workers N]` from bench/.venv (the console script next to this Python)."""
+def start_promptwire(
+    workdir: Path, upstream: Server, timeout_s: float = 60, workers: int = 1, extra_args: tuple[str, ...] = (),
+    name: str = "promptwire",
+) -> Server:
+    """`promptwire serve --upstream URL [--workers N] [extra_args...]` from bench/.venv (the console script
+    next to this Python); ``extra_args`` e.g. ``("--config", "gateway.yaml")``."""
     exe = Path(sys.executable).parent / "promptwire"
     cmd = [
         str(exe) if exe.exists() else "promptwire",
@@ -178,12 +182,11 @@ def start_promptwire(workdir: Path, upstream: Server, timeout_s: float = 60, wor
         "warning",
         "--workers",
         str(workers),
+        *extra_args,
     ]
     env = dict(os.environ)
-    log_path = workdir / "promptwire.log"
-    server = Server(
-        "promptwire", _spawn("promptwire", cmd, log_path, env=env, cwd=workdir), port, log_path=log_path
-    )
+    log_path = workdir / f"{name}.log"
+    server = Server(name, _spawn(name, cmd, log_path, env=env, cwd=workdir), port, log_path=log_path)
     try:
         _wait_http(server, "/readyz", timeout_s)
     except RuntimeError:

@@ -358,12 +358,16 @@ class SelfTranslator:
         return None
 
 
-def provider_complete(provider: Any, model: str) -> Complete:
-    """A ``Complete`` over a provider (the local one): a greedy chat request for ``model``."""
+def provider_complete(provider: Any, model: str | None = None) -> Complete:
+    """A ``Complete`` over a provider (the local one): a greedy chat request for ``model`` (None: the
+    first model the provider lists)."""
+    names: list[str] = [model] if model is not None else []
 
     async def complete(messages: list[dict[str, str]], max_tokens: int) -> str:
+        if not names:
+            names.append((await provider.list_models())[0].id)
         req = GatewayRequest(
-            request_id=f"conjugate-self-{uuid.uuid4().hex[:12]}", kind="chat", model=model,
+            request_id=f"conjugate-self-{uuid.uuid4().hex[:12]}", kind="chat", model=names[0],
             messages=tuple(ChatMessage.from_dict(m) for m in messages),
             params={"max_tokens": max_tokens, "temperature": 0},
         )
