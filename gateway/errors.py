@@ -6,12 +6,15 @@ PromptwireError
  │    └── OptionNotAllowed      400 INVALID_ARGUMENT   (a stage/decoder option the operator forbids)
  ├── AuthenticationError        401 UNAUTHENTICATED
  ├── PermissionDenied           403 PERMISSION_DENIED  (key not allowed this model / stage)
+ │    └── ConjugateNotAllowed   403 PERMISSION_DENIED  (key not granted this conjugate transform)
  ├── NotFound                   404 NOT_FOUND          (unknown model)
  ├── BodyTooLarge               413 INVALID_ARGUMENT
  ├── Overloaded                 429 RESOURCE_EXHAUSTED (too many in-flight requests; carries retry_after)
  ├── RequestTimeout             504 DEADLINE_EXCEEDED
  ├── NoBackend                  503 UNAVAILABLE        (model known but no provider can serve it)
  ├── ShuttingDown               503 UNAVAILABLE
+ ├── AuditUnavailable           503 UNAVAILABLE        (the conjugate audit line cannot be written)
+ ├── TranslatorFailed           503 UNAVAILABLE        (the conjugate translator failed at run time)
  └── UpstreamError              502 UNAVAILABLE        (upstream failed; wraps HTTP / transport errors)
       └── UpstreamStatusError   upstream's 4xx passed through with its status; 5xx → 502
 """
@@ -23,8 +26,10 @@ from typing import Any
 import grpc
 
 __all__ = [
+    "AuditUnavailable",
     "AuthenticationError",
     "BodyTooLarge",
+    "ConjugateNotAllowed",
     "InvalidRequest",
     "NoBackend",
     "NotFound",
@@ -35,6 +40,7 @@ __all__ = [
     "PromptwireError",
     "RequestTimeout",
     "ShuttingDown",
+    "TranslatorFailed",
     "UpstreamError",
     "UpstreamStatusError",
 ]
@@ -99,6 +105,10 @@ class PermissionDenied(PromptwireError):
     error_type = "permission_error"
 
 
+class ConjugateNotAllowed(PermissionDenied):
+    code = "conjugate_not_allowed"
+
+
 class NotFound(PromptwireError):
     http_status = 404
     grpc_code = grpc.StatusCode.NOT_FOUND
@@ -143,6 +153,22 @@ class ShuttingDown(PromptwireError):
     grpc_code = grpc.StatusCode.UNAVAILABLE
     error_type = "server_error"
     code = "shutting_down"
+
+
+class AuditUnavailable(PromptwireError):
+    """The conjugate audit line could not be written and synced: the answer is withheld."""
+
+    http_status = 503
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+    error_type = "server_error"
+    code = "audit_unavailable"
+
+
+class TranslatorFailed(PromptwireError):
+    http_status = 503
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+    error_type = "server_error"
+    code = "translator_failed"
 
 
 class UpstreamError(PromptwireError):

@@ -9,9 +9,9 @@ configuration error naming the key, before anything loads.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field, field_validator
 
 from gateway.config.base import Strict
 
@@ -110,17 +110,55 @@ class SelectPromptConfig(Strict):
                 if isinstance(p, SoftPoolConfig)]
 
 
-class ConjugateConfig(Strict):
-    """``stages.conjugate``: who may use which transform, where every use is recorded."""
+def _grant(entry: str) -> str:
+    from gateway.stages.conjugate.grants import parse_grant  # light; imported late to keep this module flat
 
-    allow: Mapping[str, tuple[str, ...]] = Field(default_factory=dict)
+    parse_grant(entry)
+    return entry
+
+
+Grant = Annotated[str, AfterValidator(_grant)]
+"""One ``stages.conjugate.allow`` entry (checked, kept as written)."""
+
+
+class ConjugateConfig(Strict):
+    """``stages.conjugate``: who may use which transform, where every use is recorded, how to translate
+    (docs/conjugate.md)."""
+
+    allow: Mapping[str, tuple[Grant, ...]] = Field(default_factory=dict)
     """API key id (``anonymous`` with no keys configured) -> transforms it may use (``leet``,
-    ``pig_latin``, ``translate:<lang>``)."""
+    ``pig_latin``, ``translate:<lang>``, ``translate:*``). Everything else is a 403."""
     audit_path: str
     """JSON-lines audit file, appended to and fsynced before each response (required)."""
+    audit_max_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    """Rotate the audit file before it passes this size (renamed ``<audit_path>.<UTC time>``); 0: never."""
+    audit_keep: int | None = Field(default=None, ge=1)
+    """Rotated audit files kept (the oldest deleted first); None: keep them all."""
+    translator: str | None = None
+    """Transform ``translate``: a MarianMT template (``Helsinki-NLP/opus-mt-{src}-{tgt}``), an NLLB or
+    M2M100 checkpoint (directory or Hugging Face id), or ``self`` (the serving local model)."""
+    translator_backend: str | None = None
+    """Translator ``self``: the ``local`` backend that translates (default: the only one)."""
+    translator_device: str = "cpu"
+    """Seq2seq translators: ``cpu``, ``cuda``, ``cuda:N``."""
+    source_language: str = "en"
+    """The language clients write in and answers come back in."""
+    languages: tuple[str, ...] = ()
+    """Languages ``translate`` offers (required for a Marian template; default: all the checkpoint has)."""
+    self_max_tokens: int = Field(default=1024, ge=1)
+    """Translator ``self``: most tokens per translation."""
     defaults: Mapping[str, Any] = Field(default_factory=dict)
 
+    @field_validator("translator")
+    @classmethod
+    def _template(cls, v: str | None) -> str | None:
+        if v is not None and ("{src}" in v) != ("{tgt}" in v):
+            raise ValueError(f"{v!r}: a per-direction template needs both {{src}} and {{tgt}}")
+        return v
+
     def backend_refs(self) -> list[BackendRef]:
+        if self.translator == "self" and self.translator_backend is not None:
+            return [(("translator_backend",), self.translator_backend, "local")]
         return []
 
 

@@ -159,7 +159,7 @@ class Pipeline:
 
     def observe(self, st: StageStats) -> None:
         self.metrics.child(self.metrics.stage_seconds, st.stage).observe(st.ms / 1000)
-        if st.tokens_saved:
+        if st.tokens_saved > 0:  # a stage may add tokens (conjugate); the counter only counts savings
             self.metrics.child(self.metrics.tokens_saved, st.stage).inc(st.tokens_saved)
 
 

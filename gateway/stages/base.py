@@ -253,11 +253,13 @@ class StageDeps:
             known = ", ".join(sorted(self.providers)) or "none"
             raise ConfigError(f"{key}: {backend!r} is not a key of backends (known: {known})")
         access = getattr(prov, "model_access", None)
-        if access is None:
-            kind = self.config.backend(backend).type if backend in self.config.backends else "?"
-            raise ConfigError(f"{key}: backend {backend!r} has type {kind!r}; this needs a backend of type 'local'")
-        result: ModelAccess = access()
-        return result
+        if access is not None:
+            result: ModelAccess = access()
+            return result
+        if isinstance(prov, ModelAccess):  # the local provider is its own ModelAccess
+            return prov
+        kind = self.config.backend(backend).type if backend in self.config.backends else "?"
+        raise ConfigError(f"{key}: backend {backend!r} has type {kind!r}; this needs a backend of type 'local'")
 
 
 StageFactory = Callable[[Any, StageDeps], Stage]

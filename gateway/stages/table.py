@@ -167,7 +167,7 @@ STAGES: dict[str, StageEntry] = {
         ),
         "Conjugate prompting: transformed prompt in, back-transformed answer out (off unless allowed).",
         ConjugateConfig,
-        None,
+        "gateway.stages.conjugate:make_conjugate_stage",
         "ConjugateOptions",
     ),
     "compress": StageEntry(

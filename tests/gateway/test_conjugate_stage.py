@@ -13,6 +13,7 @@ import grpc
 import pytest
 
 from gateway.config import ConfigError, validate_config
+from gateway.core.gateway import Gateway
 from gateway.stages.conjugate import leet, pig_latin
 from protos.promptwire.v1 import common_pb2, gateway_pb2, options_pb2
 from tests.support.grpc_stub import grpc_stub
@@ -22,7 +23,7 @@ from tests.support.upstream import UpstreamServer
 KEY_A, KEY_B = "sk-team-a", "sk-team-b"
 SYSTEM = "You are a terse assistant. Answer in one sentence."
 QUESTION = "What is 7 plus 5? Reply with the number, please."
-REPLY = "7h3 4n5w3r 15 12, 0f c0ur53. 533 y0u!"  # what the fake upstream says (in leet)
+REPLY = "7h3 4n5w3r 15 12, 0f c0ur53. Th4nk5!"  # what the fake upstream says (in leet)
 
 
 def conj_config(up: UpstreamServer, audit: Path, allow: dict[str, list[str]] | None = None,
@@ -137,7 +138,7 @@ def test_leet_whole_answer_exact_texts_and_audit(setup: Any) -> None:
                                 {"role": "user", "content": leet.encode(QUESTION)}]
     assert "promptwire" not in sent
     answer = r.json()["choices"][0]["message"]["content"]
-    assert answer == leet.decode(REPLY) == "The answer 15 12, of course. See you!"
+    assert answer == leet.decode(REPLY) == "The answer 15 12, of course. Thanks!"
     [line] = audit_lines(audit)
     assert line["request_id"] == "req-leet-1" and line["key_id"] == "anonymous"
     assert (line["transform"], line["language"], line["translator"], line["stream"]) == ("leet", None, None, False)
@@ -252,7 +253,7 @@ def test_empty_prompt_is_a_400(setup: Any) -> None:
     assert generations(up) == []
 
 
-def test_config_errors_name_the_key(make_upstream: Callable[..., UpstreamServer], tmp_path: Path) -> None:
+async def test_config_errors_name_the_key(make_upstream: Callable[..., UpstreamServer], tmp_path: Path) -> None:
     up = make_upstream()
     base = conj_config(up, tmp_path / "a.jsonl", {"anonymous": ["leet"]})
     no_audit = json.loads(json.dumps(base))
@@ -271,12 +272,16 @@ def test_config_errors_name_the_key(make_upstream: Callable[..., UpstreamServer]
          r"stages\.conjugate\.translator"),
     ]
     for config, match in cases:
-        with pytest.raises((ConfigError, RuntimeError), match=match):
-            RunningProxy(config).start().stop()
+        with pytest.raises(ConfigError, match=match):
+            gw = Gateway(validate_config(config, "<test>"))
+            try:
+                await gw.start()
+            finally:
+                await gw.aclose()
 
 
-def test_http_client_sees_no_prompt_text_in_logs(setup: Any, caplog: pytest.LogCaptureFixture) -> None:
-    up, proxy, _ = setup(allow={"anonymous": ["leet"]})
+def test_logs_carry_no_prompt_text(setup: Any, caplog: pytest.LogCaptureFixture) -> None:
+    _, proxy, _ = setup(allow={"anonymous": ["leet"]})
     with caplog.at_level("INFO"), proxy.http() as http:
         assert http.post("/v1/chat/completions", json=chat_body("leet")).status_code == 200
     assert "conjugate leet for key anonymous" in caplog.text

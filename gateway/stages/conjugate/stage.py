@@ -14,7 +14,7 @@ from gateway.errors import AuditUnavailable, ConjugateNotAllowed, InvalidRequest
 from gateway.stages.base import StageDeps, StageResult, TextHook
 from gateway.stages.conjugate import leet, pig_latin
 from gateway.stages.conjugate.audit import AuditError, AuditWriter
-from gateway.stages.conjugate.languages import canonical
+from gateway.stages.conjugate.grants import ANONYMOUS, Grants, parse_grant
 from gateway.stages.conjugate.translate import (
     SelfTranslator,
     Seq2SeqTranslator,
@@ -25,13 +25,11 @@ from gateway.stages.conjugate.translate import (
 from gateway.tokens import count_tokens
 from gateway.types import Completion, GatewayRequest, StageStats
 
-__all__ = ["ANONYMOUS", "TRANSFORMS", "ConjugateStage", "make_conjugate_stage", "parse_grant"]
+__all__ = ["TRANSFORMS", "ConjugateHook", "ConjugateStage", "make_conjugate_stage"]
 
 logger = logging.getLogger(__name__)
 
 STAGE = "conjugate"
-ANONYMOUS = "anonymous"
-"""The key id of every request when ``auth.keys`` is empty."""
 TRANSFORMS = ("leet", "pig_latin", "translate")
 ROLES = ("system", "user")
 """Chat roles whose text is transformed."""
@@ -40,22 +38,6 @@ _CODECS: dict[str, tuple[Callable[[str], str], Callable[[str], str]]] = {
     "leet": (leet.encode, leet.decode),
     "pig_latin": (pig_latin.encode, pig_latin.decode),
 }
-
-
-def parse_grant(entry: str) -> str:
-    """An allow-list entry normalised (``leet``, ``pig_latin``, ``translate:<canonical code>`` or
-    ``translate:*``); ValueError for anything else."""
-    entry = entry.strip()
-    if entry in ("leet", "pig_latin"):
-        return entry
-    kind, sep, lang = entry.partition(":")
-    if kind == "translate" and sep:
-        if lang.strip() == "*":
-            return "translate:*"
-        code = canonical(lang)
-        if code:
-            return f"translate:{code}"
-    raise ValueError(f"{entry!r} is not leet, pig_latin, translate:<language code> or translate:*")
 
 
 def _now() -> str:
@@ -71,7 +53,7 @@ class ConjugateStage:
         self,
         *,
         audit: AuditWriter,
-        allow: Mapping[str, frozenset[str]],
+        allow: Grants,
         translator: Translator | None = None,
         defaults: Mapping[str, Any] | None = None,
     ) -> None:
@@ -125,12 +107,6 @@ class ConjugateStage:
                                  param=_P + "language")
         return transform, None
 
-    def allowed(self, key_id: str, transform: str, language: str | None) -> bool:
-        grants = self.allow.get(key_id, frozenset())
-        if transform != "translate":
-            return transform in grants
-        return "translate:*" in grants or f"translate:{language}" in grants
-
     # ----- the prompt ----------------------------------------------------------------------------
 
     async def apply(self, req: GatewayRequest, options: Mapping[str, Any]) -> StageResult:
@@ -138,7 +114,7 @@ class ConjugateStage:
         transform, language = self._combined(options)
         key_id = req.api_key_id or ANONYMOUS
         what = transform if language is None else f"{transform}:{language}"
-        if not self.allowed(key_id, transform, language):
+        if not self.allow.allows(key_id, transform, language):
             raise ConjugateNotAllowed(f"API key {key_id!r} may not use conjugate transform {what!r} "
                                       "(stages.conjugate.allow)", param=_P + "transform")
         texts, rebuild = _prompt_texts(req)
@@ -315,9 +291,8 @@ class ConjugateHook(TextHook):
         return self._stats
 
 
-def _grants(config: Any, deps: StageDeps, translator: Translator | None) -> dict[str, frozenset[str]]:
+def _grants(config: Any, deps: StageDeps, translator: Translator | None) -> Grants:
     keys = [k.id for k in deps.config.auth.keys]
-    out: dict[str, frozenset[str]] = {}
     for key_id, entries in config.allow.items():
         where = f"stages.conjugate.allow.{key_id}"
         if keys and key_id not in keys:
@@ -325,7 +300,6 @@ def _grants(config: Any, deps: StageDeps, translator: Translator | None) -> dict
                               f"(known: {', '.join(keys)})")
         if not keys and key_id != ANONYMOUS:
             raise ConfigError(f"{where}: auth.keys is empty, so every request's key id is {ANONYMOUS!r}")
-        grants = set()
         for i, entry in enumerate(entries):
             try:
                 grant = parse_grant(entry)
@@ -339,9 +313,7 @@ def _grants(config: Any, deps: StageDeps, translator: Translator | None) -> dict
                         translator.language(grant.partition(":")[2])
                     except TranslatorError as e:
                         raise ConfigError(f"{where}[{i}]: {e}") from None
-            grants.add(grant)
-        out[key_id] = frozenset(grants)
-    return out
+    return Grants({k: list(v) for k, v in config.allow.items()})
 
 
 def _translator(config: Any, deps: StageDeps) -> Translator | None:
