@@ -14,7 +14,8 @@ both configured with the conjugate stage (transform `leet` allowed for `anonymou
 
 A separate load process (bench/_load.py) runs closed-loop keep-alive phases; targets alternate
 within every round. The table shows requests/s (median over rounds) and p50 / p99 latency per
-concurrency, the on/off ratio, and checks that the audit files hold exactly one line per `on`
+concurrency, the gateway's CPU time per request (less sensitive to a busy machine than
+requests/s), the on/off ratio, and checks that the audit files hold exactly one line per `on`
 request. Figures go to stdout and bench/out/conjugate_audit.json.
 """
 
@@ -93,13 +94,15 @@ def analyse(raw: list[dict[str, Any]], targets: list[str], concurrencies: list[i
 
 
 def render(rows: list[dict[str, Any]], targets: list[str]) -> str:
-    head = "| concurrency | " + " | ".join(f"{t} req/s | {t} p50 / p99 ms" for t in targets) + " | on / off |"
-    sep = "|---" * (1 + 2 * len(targets) + 1) + "|"
+    head = ("| concurrency | " + " | ".join(f"{t} req/s | {t} p50 / p99 ms | {t} CPU ms/req" for t in targets)
+            + " | on / off |")
+    sep = "|---" * (1 + 3 * len(targets) + 1) + "|"
     lines = [head, sep]
     for r in rows:
         cells = [f"{r['concurrency']}"]
         for t in targets:
-            cells += [f"{r[t]['rps']:,.0f}", f"{r[t]['p50_ms']:.2f} / {r[t]['p99_ms']:.2f}"]
+            cells += [f"{r[t]['rps']:,.0f}", f"{r[t]['p50_ms']:.2f} / {r[t]['p99_ms']:.2f}",
+                      f"{r[t]['cpu_ms_per_request']:.2f}"]
         cells.append(f"{r['on_off']:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

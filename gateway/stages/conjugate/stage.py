@@ -128,8 +128,7 @@ class ConjugateStage:
         done = time.perf_counter()
         logger.info("conjugate %s for key %s (request %s)", what, key_id, req.request_id)
         hook = ConjugateHook(self, req, new_req, transform, language, key_id, (done - start) * 1000, done)
-        before = sum(count_tokens(t) for t in texts)
-        after = sum(count_tokens(t) for t in new_texts)
+        before, after = count_tokens("\n".join(texts)), count_tokens("\n".join(new_texts))
         stats = StageStats(STAGE, before, after, (time.perf_counter() - start) * 1000, choice=what)
         return StageResult(new_req, stats, hook)
 
@@ -245,8 +244,7 @@ class ConjugateHook(TextHook):
                                                          [texts[i] for i in order]), strict=True))
         back_ms = (time.perf_counter() - start) * 1000
         await self._audit(texts, back, model_ms, back_ms)
-        before = sum(count_tokens(t) for t in texts.values())
-        after = sum(count_tokens(t) for t in back.values())
+        before, after = count_tokens("\n".join(texts.values())), count_tokens("\n".join(back.values()))
         self._stats = StageStats(STAGE, before, after, (time.perf_counter() - start) * 1000, choice="answer",
                                  extra={"back_transform_ms": round(back_ms, 3)})
         return back
