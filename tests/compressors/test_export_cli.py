@@ -107,3 +107,13 @@ def test_cli_export(
     assert args.func(args) == 0
     assert is_exported(tmp_path / "x")
     assert json.loads((tmp_path / "x" / "promptwire_export.json").read_text())["subword_style"] == "metaspace"
+
+
+def test_default_cache_dir_is_promptwire_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from compressors.llmlingua2.export import default_cache_dir
+
+    monkeypatch.setenv("PROMPTWIRE_CACHE_DIR", str(tmp_path / "c"))
+    assert default_cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("PROMPTWIRE_CACHE_DIR")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "promptwire"

@@ -56,6 +56,9 @@ class Knobs:
     """Fixed reply text instead of the echo."""
     api_key: str | None = None
     """When set, requests without ``Authorization: Bearer <api_key>`` get 401."""
+    gate: threading.Event | None = None
+    """Streams: after the first chunk, wait until this is set (holds a request in flight, e.g. across a
+    SIGTERM, without timing)."""
 
 
 @dataclass(frozen=True)
@@ -259,6 +262,8 @@ class _App:
             if self.knobs.die_after_chunks is not None and i >= self.knobs.die_after_chunks:
                 # abort the connection with a half-sent chunked body: what a crashing server looks like
                 raise ConnectionAbortedError("injected mid-stream failure")
+            if i == 1 and self.knobs.gate is not None:
+                await asyncio.to_thread(self.knobs.gate.wait, 60.0)
             if i and self.knobs.chunk_delay_s:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(gone.wait(), self.knobs.chunk_delay_s)
