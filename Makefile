@@ -1,4 +1,5 @@
 # `make run` and `make test` bootstrap .venv on a fresh machine (torch first, pinned), then do their job.
+# They install everything (extras dev and local); `pip install promptwire` alone is the lean proxy install.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,7 +11,7 @@ $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev,local]'
 	touch $(STAMP)
 
 run: $(STAMP)

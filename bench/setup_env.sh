@@ -76,8 +76,8 @@ else
         exit 1
     fi
     # [dev] too, so bench/.venv is a superset of .venv (llmlingua, psutil, openai for the benchmarks).
-    log "installing promptwire (-e '.[dev]') with -c requirements.lock"
-    "$MAIN/bin/python" -m pip install --quiet -c requirements.lock -e '.[dev]'
+    log "installing promptwire (-e '.[dev,local]') with -c requirements.lock"
+    "$MAIN/bin/python" -m pip install --quiet -c requirements.lock -e '.[dev,local]'
     for req in "${MAIN_REQS[@]}"; do
         log "installing $(basename "$req") with -c requirements.lock"
         "$MAIN/bin/python" -m pip install --quiet -c requirements.lock -r "$req"

@@ -100,6 +100,10 @@ def _export(args: argparse.Namespace) -> int:
     if args.int8 and args.fp16:
         print("error: --int8 and --fp16 are exclusive", file=sys.stderr)
         return 2
-    out = export(args.src, args.out, int8=args.int8, fp16=args.fp16, optimize=not args.no_optimize)
+    try:
+        out = export(args.src, args.out, int8=args.int8, fp16=args.fp16, optimize=not args.no_optimize)
+    except CompressorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(out)
     return 0

@@ -11,6 +11,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from .errors import CompressorError
+
 __all__ = ["METADATA_FILE", "MODEL_FILE", "default_cache_dir", "ensure_exported", "export", "is_exported"]
 
 logger = logging.getLogger(__name__)
@@ -99,8 +101,13 @@ def export(
             logger.info("export of %s already in %s", src, out)
             return out
 
-    import torch
-    from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
+    try:
+        import torch
+        from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
+    except ModuleNotFoundError as e:
+        raise CompressorError("model", f"exporting {src} to ONNX needs {e.name}, which the proxy-only install "
+                              "leaves out: pip install 'promptwire[local]', or export elsewhere (the full image) "
+                              "and serve the exported directory") from None
 
     steps = 3 + int(optimize) + int(int8 or fp16)
     bar = tqdm(total=steps, desc="export", unit="step", disable=None)

@@ -25,12 +25,13 @@ def _clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 class Served:
-    def __init__(self, args: list[str], cache_dir: Path | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(self, args: list[str], cache_dir: Path | None = None, env: dict[str, str] | None = None,
+                 module: str = "gateway.cli") -> None:
         env = _clean_env(env)
         if cache_dir is not None:
             env["PROMPTWIRE_CACHE_DIR"] = str(cache_dir)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", "--http-port", "0", "--no-grpc", *args],
+            [sys.executable, "-m", module, "serve", "--http-port", "0", "--no-grpc", *args],
             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, text=True,
         )
         self.lines: queue.Queue[str] = queue.Queue()
