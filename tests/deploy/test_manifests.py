@@ -139,3 +139,19 @@ def test_dockerfile_entrypoint_is_a_valid_promptwire_command_line(name: str) -> 
     assert args.command == "serve" and args.host == "0.0.0.0"
     assert "PROMPTWIRE_CACHE_DIR=/cache" in text and 'VOLUME ["/cache"]' in text
     assert re.search(r"^USER 10001", text, re.M)
+
+
+def test_one_cache_variable() -> None:
+    """PROMPTWIRE_CACHE_DIR names the cache in code, docs, images and manifests; no other spelling."""
+    other = re.compile(r"PROMPTWIRE_CACHE(?!_DIR)")
+    hits = []
+    for base in ("gateway", "compressors", "decoders", "deploy", "docs", "README.md", "Makefile"):
+        root = ROOT / base
+        for p in [root] if root.is_file() else root.rglob("*"):
+            if ".venv" in p.parts or not p.is_file() or p.suffix in (".onnx", ".pyc"):
+                continue
+            text = p.read_text(errors="ignore")
+            hits += [f"{p.relative_to(ROOT)}:{text.count(chr(10), 0, m.start()) + 1}" for m in other.finditer(text)]
+    assert not hits
+    dockerfiles = [p for p in (ROOT / "deploy" / "docker").glob("Dockerfile.*") if p.suffix != ".dockerignore"]
+    assert len(dockerfiles) == 3 and all("PROMPTWIRE_CACHE_DIR=/cache" in p.read_text() for p in dockerfiles)
