@@ -20,7 +20,7 @@ from starlette.routing import Route
 if TYPE_CHECKING:
     from gateway.core.gateway import Gateway
 
-__all__ = ["LIVENESS_SERVICE", "HealthListener", "HealthStatus", "health_routes"]
+__all__ = ["LIVENESS_SERVICE", "READINESS_SERVICES", "HealthListener", "HealthStatus", "health_routes"]
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +28,9 @@ LIVENESS_SERVICE = "liveness"
 """gRPC health service name for liveness probes: SERVING while the process serves, draining included.
 The readiness names ("" and ``promptwire.v1.Gateway``) follow ``Gateway.ready()`` instead, so an
 unreachable upstream takes a pod out of its Service without getting it restarted."""
+
+READINESS_SERVICES = ("", "promptwire.v1.Gateway")
+"""gRPC health names that follow readiness: the server as a whole and the Gateway service."""
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -39,7 +42,7 @@ class HealthStatus:
     Readiness services follow ``gateway.ready()`` every ``interval_s`` from `start()` until
     `shutdown()`, which turns them NOT_SERVING for good; liveness stays SERVING until `close()`."""
 
-    def __init__(self, gateway: Gateway, readiness_services: tuple[str, ...]) -> None:
+    def __init__(self, gateway: Gateway, readiness_services: tuple[str, ...] = READINESS_SERVICES) -> None:
         self._gateway = gateway
         self._readiness = readiness_services
         self._servicers: list[health.aio.HealthServicer] = []
