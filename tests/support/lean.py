@@ -14,7 +14,7 @@ from typing import Any
 
 __all__ = ["HIDDEN", "hide"]
 
-HIDDEN = ("torch", "transformers", "sentencepiece", "sacremoses", "onnx", "onnx_ir", "safetensors", "accelerate")
+HIDDEN = ("torch", "transformers", "sentencepiece", "sacremoses", "onnx", "onnx_ir", "accelerate")
 """Top-level modules of the `local` extra (and of theirs that a proxy install does not have)."""
 
 
