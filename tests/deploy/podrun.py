@@ -1,9 +1,9 @@
 """Run the gateway as a kubelet would run one pod spec, inside a private network namespace.
 
 Started by tests/deploy/test_pod_start.py as ``unshare --user --map-root-user --net --mount python -m
-tests.deploy.podrun SPEC.json``. In the namespace the loopback interface also carries the pod IP, so a
-listener on 127.0.0.1 is not reachable at the pod IP (as in a pod), and ports cannot clash with anything
-on the machine. /etc/hosts is replaced (in this mount namespace only) so the config's upstream host names
+tests.deploy.podrun SPEC.json``. The pod IP is a loopback address other than 127.0.0.1, so a
+listener on 127.0.0.1 is not reachable at it (as in a pod), and in the private namespace ports cannot
+clash with anything on the machine. /etc/hosts is replaced (in this mount namespace only) so the config's upstream host names
 resolve to fake OpenAI-compatible upstreams started here. Then, in order:
 
 1. start the gateway with the spec's argv, env and working directory;
@@ -39,9 +39,8 @@ from tests.support.upstream import Knobs, UpstreamServer
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
-def _setup_namespace(pod_ip: str, hosts: list[str], workdir: Path) -> None:
-    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-    subprocess.run(["ip", "addr", "add", f"{pod_ip}/32", "dev", "lo"], check=True)
+def _setup_namespace(hosts: list[str], workdir: Path) -> None:
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)  # 127.0.0.0/8, the pod IP included
     hosts_file = workdir / "hosts"
     hosts_file.write_text("127.0.0.1 localhost\n" + "".join(f"127.0.0.1 {h}\n" for h in hosts))
     subprocess.run(["mount", "--bind", str(hosts_file), "/etc/hosts"], check=True)
@@ -134,7 +133,7 @@ class _Stream(threading.Thread):
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     workdir = Path(spec["cwd"])
     pod_ip = spec["pod_ip"]
-    _setup_namespace(pod_ip, spec["hosts"], workdir)
+    _setup_namespace(spec["hosts"], workdir)
     gate = threading.Event()
     upstreams = [UpstreamServer(Knobs(models=u["models"], gate=gate), port=u["port"]).start()
                  for u in spec["upstreams"]]

@@ -27,7 +27,9 @@ import pytest
 from tests.compressors.test_serving_model import tiny_exported
 from tests.deploy.manifests import OVERLAYS, ROOT, GatewayPod, gateway_pod, linux_namespaces_work
 
-POD_IP = "10.244.0.7"
+POD_IP = "127.10.0.7"
+"""Stands for the pod IP: a loopback address other than 127.0.0.1, so a listener bound to 127.0.0.1 (a
+localhost-only API) is not reachable at it, while one on 0.0.0.0 is; traffic never leaves the namespace."""
 EXAMPLE_KEY = "sk-promptwire-example-change-me"
 """The key whose sha256 the example Secret holds (deploy/k8s/base/auth-keys.yaml)."""
 
