@@ -73,6 +73,7 @@ def _serve_config(args: argparse.Namespace, env: dict[str, str] | None = None) -
         ("--host", "host", args.host),
         ("--http-port", "http_port", args.http_port),
         ("--grpc-port", "grpc_port", None if args.no_grpc else args.grpc_port),
+        ("--health-port", "health_port", args.health_port),
         ("--log-level", "log_level", args.log_level),
     ):
         if value is not None:
@@ -209,11 +210,7 @@ async def _serve(config: GatewayConfig, source: str = "<config>") -> int:
 
     from gateway.core.gateway import Gateway
     from gateway.http.app import create_app
-
-    class _Server(uvicorn.Server):
-        @contextlib.contextmanager
-        def capture_signals(self) -> Generator[None, None, None]:
-            yield  # SIGTERM/SIGINT are ours: readiness first, drain, then stop uvicorn
+    from gateway.observe.health import HealthListener, HealthStatus, QuietServer
 
     gateway = Gateway(config)
     start_task = asyncio.create_task(gateway.start())
@@ -249,7 +246,8 @@ async def _serve(config: GatewayConfig, source: str = "<config>") -> int:
         app, lifespan="off", http="httptools", loop="none", access_log=False, log_config=None,
         timeout_keep_alive=75, timeout_graceful_shutdown=max(1, int(sc.shutdown_grace_s)), server_header=False,
     )
-    server = _Server(uv_config)
+    server = QuietServer(uv_config)  # SIGTERM/SIGINT are ours: readiness first, drain, then stop uvicorn
+    status = HealthStatus(gateway)  # shared by the gRPC server and the health listener
     grpc_handle: Any = None
     if sc.grpc_port is not None:
         try:
@@ -258,13 +256,20 @@ async def _serve(config: GatewayConfig, source: str = "<config>") -> int:
             logger.warning("gRPC front end not available (%s); serving HTTP only", e)
         else:
             grpc_handle = await start_grpc_server(
-                gateway, sc.host, sc.grpc_port, reuse_port=bool(os.environ.get(_WORKER_ENV))
+                gateway, sc.host, sc.grpc_port, reuse_port=bool(os.environ.get(_WORKER_ENV)), status=status
             )
+    status.start(_HEALTH_INTERVAL_S)
+    health: HealthListener | None = None
+    if sc.health_port is not None:
+        health = await HealthListener.start(gateway, status, sc.health_host, sc.health_port)
 
     serve_task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started and not serve_task.done():
         await asyncio.sleep(0.01)
     if serve_task.done():
+        await status.close()
+        if health is not None:
+            await health.stop()
         await serve_task
         return 1
     logger.info(
@@ -272,6 +277,7 @@ async def _serve(config: GatewayConfig, source: str = "<config>") -> int:
         f" and grpc {sc.host}:{grpc_handle.port}" if grpc_handle is not None else "",
         extra={"event": "serving", "http_port": http_port,
                "grpc_port": grpc_handle.port if grpc_handle is not None else None,
+               "health_port": health.port if health is not None else None,
                "backends": sorted(config.backends)},
     )
     stopper = asyncio.create_task(stop.wait())
@@ -281,8 +287,7 @@ async def _serve(config: GatewayConfig, source: str = "<config>") -> int:
     logger.info("shutting down: %d request(s) in flight, grace %.1fs", gateway.in_flight, sc.shutdown_grace_s,
                 extra={"event": "shutdown"})
     gateway.begin_shutdown()
-    if grpc_handle is not None:
-        await grpc_handle.set_not_serving()
+    await status.shutdown()  # readiness NOT_SERVING on every health endpoint; liveness stays SERVING
     drained = await gateway.drain(sc.shutdown_grace_s)
     if not drained:
         logger.warning("grace period over with %d request(s) still in flight; closing them", gateway.in_flight)
@@ -293,6 +298,9 @@ async def _serve(config: GatewayConfig, source: str = "<config>") -> int:
     with contextlib.suppress(asyncio.CancelledError):
         await serve_task
     stopper.cancel()
+    await status.close()
+    if health is not None:
+        await health.stop()
     await gateway.aclose()
     logger.info("stopped", extra={"event": "stopped", "drained": drained})
     return 0
@@ -348,6 +356,8 @@ class _StartupStop:
 
 
 _STARTUP_STOP_S = 3.0
+_HEALTH_INTERVAL_S = 5.0
+"""How often gRPC health re-reads readiness (HTTP /readyz asks on every call)."""
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -444,6 +454,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, Any]:
     serve.add_argument("--http-port", type=int, metavar="P", help="HTTP port (0: any free port)")
     serve.add_argument("--grpc-port", type=int, metavar="Q", help="gRPC port (0: any free port)")
     serve.add_argument("--no-grpc", action="store_true", help="serve HTTP only")
+    serve.add_argument("--health-port", type=int, metavar="P",
+                       help="health-only listener (gRPC health, /healthz, /readyz; nothing else) on all "
+                            "interfaces, for probes of an API bound to localhost (config: server.health_port)")
     serve.add_argument("--upstream", action="append", metavar="URL",
                        help="OpenAI-compatible upstream, e.g. http://127.0.0.1:8000/v1; proxies all its models "
                             "(repeatable; the first is the default for unknown models)")

@@ -34,6 +34,12 @@ def make_tiny(out: Path, which: tuple[str, ...] = TINY_MODELS, seed: int = 0) ->
 def _cmd_make_tiny(args: argparse.Namespace) -> int:
     out = Path(args.dir)
     which = tuple(args.only) if args.only else TINY_MODELS
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ModuleNotFoundError as e:
+        print(f"error: models make-tiny needs {e.name}: pip install 'promptwire[local]'", file=sys.stderr)
+        return 2
     for i, name in enumerate(which, 1):
         started = time.perf_counter()
         print(f"[{i}/{len(which)}] building {name} ...", end=" ", flush=True, file=sys.stderr)

@@ -48,6 +48,20 @@ class ServerConfig(Strict):
     log_prompts: bool = False
     """Log prompt text (DEBUG level). Off by default: prompts often hold personal data."""
     access_log: bool = False
+    health_port: int | None = Field(default=None, ge=0, le=65535)
+    """A health-only listener: gRPC health and HTTP /healthz /readyz on this port and nothing else. For a
+    sidecar whose API listens on localhost while the kubelet probes the pod IP. None: off; 0: a free port."""
+    health_host: str = "0.0.0.0"
+    """Interface of the health-only listener: all of them by default (it serves no data)."""
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> ServerConfig:
+        if self.health_port:
+            if self.health_port == self.http_port:
+                raise ValueError(f"health_port {self.health_port} is also http_port; give it a port of its own")
+            if self.health_port == self.grpc_port:
+                raise ValueError(f"health_port {self.health_port} is also grpc_port; give it a port of its own")
+        return self
 
 
 class LimitsConfig(Strict):

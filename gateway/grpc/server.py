@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
@@ -13,12 +12,13 @@ from contextlib import asynccontextmanager
 from typing import Any, NoReturn
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from gateway.core.gateway import Gateway, GatewayStream
 from gateway.errors import PromptwireError
 from gateway.grpc import convert as conv
+from gateway.observe.health import HealthStatus
 from gateway.observe.logs import access_log, error_log
 from gateway.observe.metrics import Metrics
 from gateway.types import GatewayRequest
@@ -280,46 +280,24 @@ class _Servicer(gateway_pb2_grpc.GatewayServicer):
         raise AssertionError("unreachable")  # pragma: no cover
 
 
-_SERVING = health_pb2.HealthCheckResponse.SERVING
-_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
 
 class GrpcHandle:
-    """A running gRPC server: its bound port, health switch and shutdown."""
+    """A running gRPC server: its bound port, health statuses and shutdown."""
 
-    def __init__(
-        self, server: grpc.aio.Server, port: int, health_servicer: health.aio.HealthServicer, gateway: Gateway
-    ) -> None:
+    def __init__(self, server: grpc.aio.Server, port: int, status: HealthStatus) -> None:
         self.server = server
         self.port = port
-        self.health = health_servicer
-        self._gateway = gateway
-        self._watch: asyncio.Task[None] | None = None
+        self.status = status
+        """Readiness services ("" and promptwire.v1.Gateway) follow Gateway.ready(); ``liveness`` stays
+        SERVING until the server stops (shared with the health listener, server.health_port)."""
 
     async def set_not_serving(self) -> None:
-        """Health turns NOT_SERVING, for the service and overall, for good (graceful shutdown)."""
-        await self.health.enter_graceful_shutdown()
-
-    async def _follow_readiness(self, interval_s: float) -> None:
-        """Health follows Gateway.ready() (started, not shutting down, backends ready)."""
-        while True:
-            try:
-                ready = await self._gateway.ready()
-            except Exception:
-                logger.warning("readiness check failed; gRPC health NOT_SERVING", exc_info=True)
-                ready = False
-            status = _SERVING if ready else _NOT_SERVING
-            for service in ("", SERVICE_NAME):
-                await self.health.set(service, status)
-            await asyncio.sleep(interval_s)
+        """Graceful shutdown: readiness NOT_SERVING for good; liveness SERVING while requests drain."""
+        await self.status.shutdown()
 
     async def stop(self, grace: float) -> None:
-        """NOT_SERVING, stop accepting RPCs; in-flight ones get `grace` seconds, then are cancelled."""
-        await self.set_not_serving()
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+        """Every service NOT_SERVING, stop accepting RPCs; in-flight ones get `grace` seconds, then are cancelled."""
+        await self.status.close()
         await self.server.stop(grace)
 
 
@@ -350,6 +328,7 @@ async def start_grpc_server(
     *,
     compress: CompressHandler | None = None,
     health_interval_s: float | None = 5.0,
+    status: HealthStatus | None = None,
     max_message_bytes: int | None = None,
     reuse_port: bool = False,
     **_: Any,
@@ -358,7 +337,9 @@ async def start_grpc_server(
 
     `compress` handles the Compress RPC (``CompressAPI.handle_proto``: CompressRequest in,
     CompressResponse out); without it Compress answers UNIMPLEMENTED. Health starts SERVING and, with
-    `health_interval_s`, follows ``gateway.ready()`` at that period until `set_not_serving()`.
+    `health_interval_s`, follows ``gateway.ready()`` at that period until `set_not_serving()`; the
+    ``liveness`` service stays SERVING until `stop()`. `status` shares the statuses with other servers
+    (the health listener); default: its own.
     `max_message_bytes` caps request messages (default: the config's ``limits.max_body_bytes``).
     `reuse_port` lets several worker processes share the port (``serve --workers N``); off by default so
     that a second gateway started by mistake fails to bind instead of silently taking half the traffic.
@@ -373,18 +354,17 @@ async def start_grpc_server(
     ]
     server = grpc.aio.server(options=options)
     gateway_pb2_grpc.add_GatewayServicer_to_server(_Servicer(gateway, compress), server)  # type: ignore[no-untyped-call]
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if status is None:
+        status = HealthStatus(gateway)
+    health_pb2_grpc.add_HealthServicer_to_server(await status.servicer(), server)
     health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
     _enable_reflection(server, (SERVICE_NAME, health_name, reflection.SERVICE_NAME))
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"the gRPC server could not bind {host}:{port}")
-    await health_servicer.set("", _SERVING)
-    await health_servicer.set(SERVICE_NAME, _SERVING)
     await server.start()
-    handle = GrpcHandle(server, bound, health_servicer, gateway)
+    handle = GrpcHandle(server, bound, status)
     if health_interval_s is not None:
-        handle._watch = asyncio.create_task(handle._follow_readiness(health_interval_s), name="grpc-health")
+        status.start(health_interval_s)
     logger.info("gRPC server listening on %s:%s", host, bound)
     return handle

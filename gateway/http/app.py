@@ -21,6 +21,7 @@ from starlette.routing import BaseRoute, Route
 from gateway.core.gateway import ApiKey, Gateway, GatewayStream
 from gateway.errors import BodyTooLarge, InvalidRequest, Overloaded, PromptwireError, UpstreamStatusError
 from gateway.http.models import ChatCompletionRequest, CompletionRequest, openapi_document
+from gateway.observe.health import health_routes
 from gateway.observe.logs import access_log, error_log
 from gateway.observe.metrics import CONTENT_TYPE
 from gateway.types import ChatMessage, GatewayRequest, RequestKind, StageStats
@@ -363,15 +364,6 @@ def create_app(gateway: Gateway, *, extra_routes: Sequence[BaseRoute] = (), vers
         return JSONResponse({"object": "list", "data": data},
                             headers={"x-request-id": request.scope["promptwire.request_id"]})
 
-    async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
-
-    async def readyz(request: Request) -> Response:
-        if await gateway.ready():
-            return JSONResponse({"status": "ready"})
-        reason = "shutting down" if gateway.shutting_down else "not ready (backends unreachable or starting)"
-        return JSONResponse({"status": reason}, status_code=503)
-
     async def metrics(request: Request) -> Response:
         return Response(gateway.metrics.render(), media_type=CONTENT_TYPE)
 
@@ -400,8 +392,7 @@ def create_app(gateway: Gateway, *, extra_routes: Sequence[BaseRoute] = (), vers
         Route("/v1/chat/completions", hot["/v1/chat/completions"], methods=["POST"]),
         Route("/v1/completions", hot["/v1/completions"], methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", readyz, methods=["GET"]),
+        *health_routes(gateway),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
         Route("/v1/compress", compress, methods=["POST"]),

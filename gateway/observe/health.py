@@ -20,7 +20,7 @@ from starlette.routing import Route
 if TYPE_CHECKING:
     from gateway.core.gateway import Gateway
 
-__all__ = ["LIVENESS_SERVICE", "READINESS_SERVICES", "HealthListener", "HealthStatus", "health_routes"]
+__all__ = ["LIVENESS_SERVICE", "READINESS_SERVICES", "HealthListener", "HealthStatus", "QuietServer", "health_routes"]
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ class HealthListener:
         app = Starlette(routes=health_routes(gateway))
         config = uvicorn.Config(app, lifespan="off", http="httptools", loop="none", access_log=False, log_config=None,
                                 server_header=False, timeout_graceful_shutdown=1)
-        self._http = _QuietServer(config)
+        self._http = QuietServer(config)
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]), name="health-http")
 
         self._server = await asyncio.start_server(self._accept, host, port, reuse_address=True)
@@ -232,7 +232,7 @@ async def _first_done(*coros: Awaitable[None]) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-class _QuietServer(uvicorn.Server):
+class QuietServer(uvicorn.Server):
     """uvicorn.Server that leaves SIGTERM / SIGINT to ``promptwire serve`` (it drains first)."""
 
     @contextlib.contextmanager

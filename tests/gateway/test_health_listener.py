@@ -100,3 +100,26 @@ async def test_stop_closes_the_port(served: tuple[FakeGateway, HealthStatus, Hea
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{listener.port}", timeout=5) as http:
         with pytest.raises(httpx.ConnectError):
             await http.get("/healthz")
+
+
+def test_config_key_and_cli_flag() -> None:
+    from gateway.cli import _serve_config, build_parser
+
+    parser, _ = build_parser()
+    args = parser.parse_args(["serve", "--upstream", "http://127.0.0.1:9/v1", "--health-port", "8081"])
+    config, _ = _serve_config(args, env={})
+    assert (config.server.health_port, config.server.health_host) == (8081, "0.0.0.0")
+    args = parser.parse_args(["serve", "--upstream", "http://127.0.0.1:9/v1"])
+    assert _serve_config(args, env={})[0].server.health_port is None  # off unless asked for
+
+
+@pytest.mark.parametrize(("server", "message"), [
+    ("{health_port: 8080}", "health_port 8080 is also http_port"),
+    ("{grpc_port: 9000, health_port: 9000}", "health_port 9000 is also grpc_port"),
+    ("{health_port: 70000}", "health_port"),
+])
+def test_health_port_config_errors(server: str, message: str) -> None:
+    from gateway.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match=message):
+        parse_config(f"server: {server}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -71,3 +72,17 @@ def test_export_without_torch_says_which_extra(tmp_path: Path, tmp_path_factory:
                         "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, r.stderr
     assert "pip install 'promptwire[local]'" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("argv", [
+    ["serve", "--model", "tiny:llama", "--http-port", "0", "--no-grpc"],   # the local provider
+    ["models", "make-tiny", "OUT", "--only", "llama"],
+])
+def test_what_needs_the_local_extra_says_so(argv: list[str], tmp_path: Path) -> None:
+    argv = [str(tmp_path / "out") if a == "OUT" else a for a in argv]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROMPTWIRE_")}
+    env["PROMPTWIRE_CACHE_DIR"] = str(tmp_path / "cache")
+    r = subprocess.run([sys.executable, "-m", "tests.support.lean", *argv], capture_output=True, text=True,
+                       timeout=120, env=env)
+    assert r.returncode == 2, r.stderr
+    assert "pip install 'promptwire[local]'" in r.stderr and "Traceback" not in r.stderr, r.stderr
