@@ -140,7 +140,7 @@ class ConjugateConfig(Strict):
     translator_backend: str | None = None
     """Translator ``self``: the ``local`` backend that translates (default: the only one)."""
     translator_device: str = "cpu"
-    """Seq2seq translators: ``cpu``, ``cuda``, ``cuda:N``."""
+    """Seq2seq translators: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when available)."""
     source_language: str = "en"
     """The language clients write in and answers come back in."""
     languages: tuple[str, ...] = ()

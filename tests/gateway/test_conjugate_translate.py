@@ -132,6 +132,8 @@ def test_translators_that_cannot_load_name_the_key(models: Path, tmp_path: Path)
         Seq2SeqTranslator(str(models / "opus-mt-{src}-{tgt}"), languages=["fr", "de"])
     with pytest.raises(TranslatorUnavailable, match=r"stages\.conjugate\.languages"):
         Seq2SeqTranslator(str(models / "m2m"), languages=["zz"])
+    with pytest.raises(TranslatorUnavailable, match="device 'nodevice'"):
+        Seq2SeqTranslator(str(models / "m2m"), device="nodevice")
 
 
 @pytest.fixture

@@ -163,7 +163,15 @@ def _load(source: str, device: str) -> _Model:
             f"translator {source!r} is a {kind or 'unknown'} model; MarianMT, NLLB or M2M100 expected",
             param=TRANSLATOR_PARAM,
         )
-    model.to(device).eval()
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        model.to(device).eval()
+    except (RuntimeError, AssertionError, ValueError) as e:  # no such device, CUDA not compiled in, ...
+        raise TranslatorUnavailable(f"translator {source!r}: device {device!r}: {str(e).splitlines()[0]}",
+                                    param=TRANSLATOR_PARAM) from None
     positions = int(getattr(model.config, "max_position_embeddings", 512) or 512)
     # M2M100's language tokens are not skipped by batch_decode: drop them by id
     lang_ids = frozenset(getattr(tokenizer, "lang_code_to_id", {}).values()) if family == "m2m100" else frozenset()
