@@ -20,7 +20,8 @@ assistant message with a tool call and the tool's answer):
 Methods (each applied to the whole trace, as the agent would send it at its last step):
 - ``full``: nothing condensed.
 - ``diff_history``: ours, ``compressors.diff_history.condense_messages`` (no window), and
-  ``diff_history_w5`` (window 5 per tool).
+  ``diff_history_w5`` (window 5 per tool), and ``diff_history_short`` (``prefer_shorter=True``: an
+  output whose diff would be longer than itself stays in full; not in the reference).
 - ``openhands_mask``: OpenHands ``ObservationMaskingCondenser(attention_window=5)`` restated: every
   observation more than 5 events from the end becomes ``<MASKED>`` (events = every message but the
   system prompt, as OpenHands counts its event list).
@@ -354,8 +355,12 @@ def recoverable(
 def run_methods(msgs: Messages) -> dict[str, dict[str, float]]:
     rows: dict[str, dict[str, float]] = {}
     rows["full"] = {"tokens": prompt_tokens(msgs), "recoverable": 1.0}
-    for name, window in (("diff_history", None), ("diff_history_w5", 5)):
-        res = condense_messages(msgs, window=window, count_tokens=count_tokens)
+    for name, window, shorter in (
+        ("diff_history", None, False),
+        ("diff_history_w5", 5, False),
+        ("diff_history_short", None, True),
+    ):
+        res = condense_messages(msgs, window=window, count_tokens=count_tokens, prefer_shorter=shorter)
         rows[name] = {
             "tokens": prompt_tokens(res.messages),
             "recoverable": recoverable(msgs, res.messages, res.recover()),
@@ -401,19 +406,19 @@ def time_condense(msgs: Messages, repeats: int) -> dict[str, float]:
 
 
 def print_table(results: dict[str, Any]) -> None:
-    print(f"\n{'trace':<6} {'N':>4} {'method':<16} {'tokens':>8} {'vs full':>8} {'lines recoverable':>18}")
+    print(f"\n{'trace':<10} {'N':>4} {'method':<18} {'tokens':>8} {'vs full':>8} {'lines recoverable':>18}")
     for trace, by_n in results["traces"].items():
         for n, rows in by_n.items():
             full = rows["full"]["tokens"]
             for name, r in rows.items():
                 print(
-                    f"{trace:<6} {n:>4} {name:<16} {r['tokens']:>8} {r['tokens'] / full:>7.1%} {r['recoverable']:>17.1%}"
+                    f"{trace:<10} {n:>4} {name:<18} {r['tokens']:>8} {r['tokens'] / full:>7.1%} {r['recoverable']:>17.1%}"
                 )
     print(
         "\ncondense_messages on the 128-step traces (median ms; cl100k counting, warm = previous turn's counts cached)"
     )
     for trace, t in results["timing"].items():
-        print(f"  {trace:<6} " + "  ".join(f"{k} {v:.2f}" for k, v in t.items()))
+        print(f"  {trace:<10} " + "  ".join(f"{k} {v:.2f}" for k, v in t.items()))
 
 
 def save_png(results: dict[str, Any], path: Path) -> bool:

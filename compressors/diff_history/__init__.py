@@ -13,6 +13,7 @@ from compressors.diff_history.chat import (
     Kind,
     Observation,
     condense_messages,
+    looks_like_diff,
     message_text,
     placeholder_text,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "condense_messages",
     "diff",
     "layout",
+    "looks_like_diff",
     "message_text",
     "normalise",
     "placeholder_text",

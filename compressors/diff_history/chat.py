@@ -24,6 +24,7 @@ __all__ = [
     "Kind",
     "Observation",
     "condense_messages",
+    "looks_like_diff",
     "message_text",
     "placeholder_text",
 ]
@@ -31,7 +32,8 @@ __all__ = [
 DEFAULT_ROLES: tuple[str, ...] = ("tool",)
 
 Kind = Literal["full", "diff", "placeholder", "kept"]
-"""What became of an observation: ``full`` (its group's anchor, content untouched), ``diff`` (content
+"""What became of an observation: ``full`` (content untouched: its group's anchor, or with
+``prefer_shorter`` one whose diff would have been longer), ``diff`` (content
 replaced by the diff against the group's previous observation), ``placeholder`` (older than the
 window or dropped for the budget; one line), ``kept`` (shorter than ``min_chars``, untouched)."""
 
@@ -84,6 +86,11 @@ class Condensed:
             last[obs.group] = text
             out[obs.index] = text
         return out
+
+
+def looks_like_diff(content: str) -> bool:
+    """True for text that reads as a diff: empty (no change) or starting with a hunk header."""
+    return content == "" or content.startswith("@@ -")
 
 
 def placeholder_text(group: str, text: str) -> str:
@@ -208,6 +215,7 @@ def condense_messages(
     roles: Sequence[str] = DEFAULT_ROLES,
     min_chars: int = 0,
     count_tokens: TokenCounter = approx_tokens,
+    prefer_shorter: bool = False,
 ) -> Condensed:
     """Condense an OpenAI chat message list into a diff history.
 
@@ -221,6 +229,11 @@ def condense_messages(
     (across groups, in message order) into placeholders until the message text counts at most that
     many tokens; the last observation always stays. Observations shorter than ``min_chars``
     characters stay as they are. Non-text content parts are left in place.
+
+    ``prefer_shorter`` (not in the reference; off by default) keeps an observation in full where
+    its diff would count more tokens than the text itself (outputs that change completely from one
+    call to the next). A reader tells the two apart by :func:`looks_like_diff`: a diff is ``""`` or
+    starts with ``"@@ -"``, and a text that looks like one is always sent as a diff.
 
     Raises :class:`DiffHistoryError` naming the parameter: a tool message with no matching call
     (``messages[i].tool_call_id``), an observation that is not text (``messages[i].content``), a
@@ -264,7 +277,14 @@ def condense_messages(
         elif kind == "diff":
             p = prev[pos]
             assert p is not None
-            new_text[pos] = diff(found[p][2], text)
+            d = diff(found[p][2], text)
+            tokens = count_tokens(d)
+            if prefer_shorter and tokens > msg_tokens[i] and not looks_like_diff(text):
+                kinds[pos] = "full"  # the whole text is cheaper than its diff, and cannot be misread
+                new_text[pos] = None
+                return msg_tokens[i]
+            new_text[pos] = d
+            return tokens
         else:
             new_text[pos] = None
             return msg_tokens[i]

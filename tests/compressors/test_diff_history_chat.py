@@ -13,6 +13,8 @@ from compressors.diff_history import (
     DiffHistoryError,
     condense_messages,
     diff,
+    looks_like_diff,
+    message_text,
     normalise,
     placeholder_text,
 )
@@ -211,3 +213,30 @@ def test_no_observations_returns_messages_unchanged() -> None:
     res = condense_messages(msgs)
     assert res.messages == msgs and res.messages[0] is msgs[0]
     assert res.stats.tokens_before == res.stats.tokens_after and res.stats.observations == 0
+
+
+def test_prefer_shorter_keeps_outputs_whose_diff_would_be_longer() -> None:
+    msgs = conversation(6)  # look: two rows change a step; status: every line changes
+    for k, i in enumerate(i for i, m in enumerate(msgs) if m["role"] == "tool"):
+        if k % 2:
+            msgs[i]["content"] = f"hp: {k}\nmana: {k * 3}\nturn: {k}"
+    count = len
+    faithful = condense_messages(msgs, count_tokens=count)
+    res = condense_messages(msgs, count_tokens=count, prefer_shorter=True)
+    kinds = {o.group: [x.kind for x in res.observations if x.group == o.group] for o in res.observations}
+    assert kinds == {"look": ["full", "diff", "diff"], "status": ["full", "full", "full"]}
+    assert res.stats.tokens_after < faithful.stats.tokens_after
+    assert res.stats.observations_diffed == 2
+    # a reader without the record tells diffs from full texts by their first characters
+    for o in res.observations:
+        assert looks_like_diff(message_text(res.messages[o.index])) == (o.kind == "diff")
+    assert all(v is not None for v in res.recover().values())
+
+
+def test_prefer_shorter_never_sends_a_diff_lookalike_in_full() -> None:
+    msgs = conversation(2, tools=("look",))
+    msgs[3]["content"] = "plain start"
+    msgs[5]["content"] = "@@ -1 +1 @@ looks like a hunk"
+    res = condense_messages(msgs, count_tokens=len, prefer_shorter=True)
+    assert [o.kind for o in res.observations] == ["full", "diff"]
+    assert res.recover()[5] == "@@ -1 +1 @@ looks like a hunk"
