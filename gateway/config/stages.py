@@ -64,6 +64,8 @@ class CondenseHistoryConfig(Strict):
     """``stages.condense_history``: option defaults for diff-history condensing."""
 
     defaults: Mapping[str, Any] = Field(default_factory=dict)
+    """Option defaults merged under each request's (``window``, ``budget_tokens``, ``roles``,
+    ``min_chars``); they also apply to ``POST /v1/condense_history`` and gRPC ``CondenseHistory``."""
 
     def backend_refs(self) -> list[BackendRef]:
         return []

@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway.config.schema import GatewayConfig
@@ -24,6 +24,7 @@ from gateway.types import Completion, GatewayRequest, ModelInfo, StageStats, Str
 
 if TYPE_CHECKING:
     from gateway.stages.compress_api import CompressAPI
+    from gateway.stages.condense_history import CondenseOutcome
 
 T = TypeVar("T")
 
@@ -138,6 +139,24 @@ class Gateway:
                 code="no_compressor",
             )
         return await self.admitted(key, "compress", lambda: handle(api))
+
+    async def condense_history(
+        self, key: ApiKey | None, messages: Sequence[Mapping[str, Any]], options: Mapping[str, Any],
+        option_prefix: str = "",
+    ) -> CondenseOutcome:
+        """Run a /v1/condense_history or gRPC CondenseHistory call: the stage's logic on ``messages`` with
+        ``stages.condense_history.defaults`` under ``options``. Needs no configuration (the stage holds
+        no model); option errors name ``option_prefix + option``."""
+        from gateway.stages.condense_history import condense, validate_condense_options
+
+        section = self.config.stages.condense_history
+        defaults = dict(section.defaults) if section is not None else {}
+
+        async def call() -> CondenseOutcome:
+            opts = validate_condense_options({**defaults, **options}, prefix=option_prefix)
+            return condense(messages, opts, prefix=option_prefix)
+
+        return await self.admitted(key, "condense_history", call)
 
     async def list_models(self, key: ApiKey | None = None) -> list[ModelInfo]:
         """Models of every backend (cached a few seconds); with a key, only those it may use."""

@@ -22,6 +22,8 @@ __all__ = [
     "PARAM_PATHS",
     "StreamState",
     "chat_request",
+    "condense_history_call",
+    "condense_history_response",
     "decoder_dict",
     "generate_request",
     "grpc_param",
@@ -463,4 +465,37 @@ def model_list(models: Sequence[ModelInfo]) -> gateway_pb2.ListModelsResponse:
             gateway_pb2.Model(id=m.id, owned_by=m.owned_by, created=m.created, provider=m.provider)
             for m in models
         ]
+    )
+
+
+def condense_history_call(req: gateway_pb2.CondenseHistoryRequest) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """CondenseHistory's messages (as OpenAI message dicts) and its options (set fields only)."""
+    messages = [m.to_dict() for m in _messages(req.messages)]
+    return messages, options_dict(req.options, STAGES["condense_history"].options)
+
+
+def _chat_message(d: Mapping[str, Any]) -> common_pb2.ChatMessage:
+    content = d.get("content")
+    if isinstance(content, list):  # not from gRPC (its content is text), but keep the text if given
+        content = "\n".join(p["text"] for p in content if isinstance(p, Mapping) and isinstance(p.get("text"), str))
+    out = common_pb2.ChatMessage(role=d["role"], content=content if isinstance(content, str) else "")
+    for name in ("name", "tool_call_id"):
+        if isinstance(d.get(name), str):
+            setattr(out, name, d[name])
+    for call in d.get("tool_calls") or ():
+        fn = call.get("function") or {}
+        out.tool_calls.append(common_pb2.ToolCall(
+            id=call.get("id", ""), type=call.get("type", "function"),
+            function=common_pb2.FunctionCall(name=fn.get("name", ""), arguments=fn.get("arguments", ""))))
+    return out
+
+
+def condense_history_response(outcome: Any, request_id: str) -> gateway_pb2.CondenseHistoryResponse:
+    """A ``gateway.stages.condense_history.CondenseOutcome`` as the RPC's response."""
+    return gateway_pb2.CondenseHistoryResponse(
+        messages=[_chat_message(m) for m in outcome.messages],
+        stats=stage_stats([outcome.stats])[0],
+        observations=[gateway_pb2.CondensedObservation(index=o.index, group=o.group, kind=o.kind)
+                      for o in outcome.observations],
+        request_id=request_id,
     )

@@ -274,10 +274,15 @@ class _Servicer(gateway_pb2_grpc.GatewayServicer):
     async def CondenseHistory(
         self, request: gateway_pb2.CondenseHistoryRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> gateway_pb2.CondenseHistoryResponse:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, "CondenseHistory is reserved for a later release of promptwire"
-        )
-        raise AssertionError("unreachable")  # pragma: no cover
+        call = _Call(request_id=_request_id(context, request.request_id))
+        async with _status(context, self._gateway.metrics, call):
+            key = self._gateway.authenticate(_api_key(context))
+            messages, options = conv.condense_history_call(request)
+            outcome = await self._gateway.condense_history(key, messages, options, option_prefix="options.")
+            context.set_trailing_metadata(
+                (("x-request-id", call.request_id or ""), (STATS_KEY, conv.stats_json([outcome.stats]))))
+            return conv.condense_history_response(outcome, call.request_id or "")
+        raise AssertionError("unreachable")  # pragma: no cover - _status returns or raises
 
 
 

@@ -24,11 +24,13 @@ from gateway.http.models import ChatCompletionRequest, CompletionRequest, openap
 from gateway.observe.health import health_routes
 from gateway.observe.logs import access_log, error_log
 from gateway.observe.metrics import CONTENT_TYPE
+from gateway.stages.condense_history import parse_body as parse_condense_body
 from gateway.types import ChatMessage, GatewayRequest, RequestKind, StageStats
 
 __all__ = ["GatewayApp", "create_app", "error_response"]
 
 logger = logging.getLogger(__name__)
+_GONE = object()  # json_body: the client left before the whole body arrived
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -370,18 +372,34 @@ def create_app(gateway: Gateway, *, extra_routes: Sequence[BaseRoute] = (), vers
     async def openapi_json(request: Request) -> Response:
         return Response(openapi, media_type="application/json")
 
+    async def json_body(request: Request) -> Any:
+        """A stage API call's parsed JSON body; ``_GONE`` when the client left mid-body."""
+        body = await _read_body(request.receive, gateway.config.limits.max_body_bytes)
+        if body is None:
+            return _GONE
+        try:
+            return json.loads(body)
+        except ValueError as e:
+            raise InvalidRequest(f"the request body is not valid JSON: {e}") from None
+
     async def compress(request: Request) -> Response:
         key = request_key(request)
         rid = request.scope["promptwire.request_id"]
-        body = await _read_body(request.receive, gateway.config.limits.max_body_bytes)
-        if body is None:
+        data = await json_body(request)
+        if data is _GONE:
             return Response(status_code=400)  # the client left mid-body: nobody reads this
-        try:
-            data = json.loads(body)
-        except ValueError as e:
-            raise InvalidRequest(f"the request body is not valid JSON: {e}") from None
         result = await gateway.compress(key, lambda api: api.handle_json(data))
         return JSONResponse(result, headers={"x-request-id": rid})
+
+    async def condense_history(request: Request) -> Response:
+        key = request_key(request)
+        rid = request.scope["promptwire.request_id"]
+        data = await json_body(request)
+        if data is _GONE:
+            return Response(status_code=400)
+        messages, options = parse_condense_body(data)
+        outcome = await gateway.condense_history(key, messages, options)
+        return JSONResponse(outcome.to_json(), headers={"x-request-id": rid})
 
     async def on_error(request: Request, exc: Exception) -> Response:
         rid = request.scope.get("promptwire.request_id") or request_rid(request)
@@ -396,6 +414,7 @@ def create_app(gateway: Gateway, *, extra_routes: Sequence[BaseRoute] = (), vers
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
         Route("/v1/compress", compress, methods=["POST"]),
+        Route("/v1/condense_history", condense_history, methods=["POST"]),
         *extra_routes,
     ]
     starlette = Starlette(

@@ -237,6 +237,7 @@ def openapi_document(version: str, stages: Mapping[str, StageEntry] | None = Non
         }}
 
     plain = {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}}
+    condense = (STAGES if stages is None else stages).get("condense_history") or STAGES["condense_history"]
     return {
         "openapi": "3.1.0",
         "info": {"title": "promptwire gateway", "version": version,
@@ -256,6 +257,16 @@ def openapi_document(version: str, stages: Mapping[str, StageEntry] | None = Non
                 "requestBody": {"required": True,
                                 "content": {"application/json": {"schema": {"type": "object"}}}},
                 "responses": {**plain, **{c: errors[c] for c in ("400", "401", "403", "413", "429", "503")}},
+            }},
+            "/v1/condense_history": {"post": {
+                "summary": "Condense an agent's chat history into a diff history, without generating "
+                           "(request and response fields: docs/condense-history.md)",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["messages"],
+                    "properties": {"messages": {"type": "array", "items": {"type": "object"}},
+                                   **{o.name: o.json_schema() for o in condense.options}},
+                    "additionalProperties": False}}}},
+                "responses": {**plain, **{c: errors[c] for c in ("400", "401", "403", "413", "429")}},
             }},
         },
         "components": {"schemas": {**_schema_refs([

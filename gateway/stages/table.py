@@ -140,14 +140,15 @@ STAGES: dict[str, StageEntry] = {
         (
             Option("window", (int,), "Observations kept per tool group; older ones become a one-line placeholder.",
                    minimum=1),
-            Option("budget_tokens", (int,), "Token budget for the condensed history; the oldest steps go first.",
-                   minimum=1),
+            Option("budget_tokens", (int,), "Token budget for the condensed messages (cl100k); the oldest "
+                   "observations become placeholders first.", minimum=1),
             Option("roles", _STR_LIST, "Roles whose messages are observations (default: tool).", items=str),
-            Option("min_chars", (int,), "Observations shorter than this stay as they are.", minimum=0),
+            Option("min_chars", (int,), "Observations shorter than this many characters stay as they are.",
+                   minimum=0),
         ),
         "Agent and tool histories as exact diffs between successive observations (diff history).",
         CondenseHistoryConfig,
-        None,
+        "gateway.stages.condense_history:make_condense_history_stage",
         "CondenseHistoryOptions",
     ),
     "select_prompt": StageEntry(

@@ -324,16 +324,13 @@ async def test_overloaded_is_resource_exhausted_with_retry_after(serve: Any) -> 
     held.cancel()
 
 
-async def test_reserved_rpcs_are_unimplemented_with_a_message(serve: Any) -> None:
+async def test_compress_without_a_compressor_is_unavailable_with_a_message(serve: Any) -> None:
     s = await serve()
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await s.stub.Compress(compress_pb2.CompressRequest(text="hello"))
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE  # as HTTP's 503
     assert ("x-promptwire-error-code", "no_compressor") in tuple(err.value.trailing_metadata() or ())
     assert "stages.compress.model" in (err.value.details() or "")  # says how to configure one
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await s.stub.CondenseHistory(gateway_pb2.CondenseHistoryRequest())
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 class DropLastWord:

@@ -182,9 +182,33 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ...) -> None: ...
 
 class CondenseHistoryRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("messages", "options", "request_id")
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]
+    options: _options_pb2.CondenseHistoryOptions
+    request_id: str
+    def __init__(self, messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., options: _Optional[_Union[_options_pb2.CondenseHistoryOptions, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class CondensedObservation(_message.Message):
+    __slots__ = ("index", "group", "kind")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    group: str
+    kind: str
+    def __init__(self, index: _Optional[int] = ..., group: _Optional[str] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class CondenseHistoryResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("messages", "stats", "observations", "request_id")
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    OBSERVATIONS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]
+    stats: _common_pb2.StageStats
+    observations: _containers.RepeatedCompositeFieldContainer[CondensedObservation]
+    request_id: str
+    def __init__(self, messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., stats: _Optional[_Union[_common_pb2.StageStats, _Mapping]] = ..., observations: _Optional[_Iterable[_Union[CondensedObservation, _Mapping]]] = ..., request_id: _Optional[str] = ...) -> None: ...

@@ -103,7 +103,8 @@ class GatewayServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CondenseHistory(self, request, context):
-        """Reserved for diff-history condensing of agent histories (a later issue); UNIMPLEMENTED today.
+        """Diff-history condensing of an agent's chat history without generation (docs/condense-history.md):
+        each tool's later outputs become diffs against its previous output.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
