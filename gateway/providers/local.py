@@ -26,6 +26,7 @@ from decoders.engine import (
     StreamDelta,
     Usage,
 )
+from decoders.fingerprint import model_fingerprint
 from decoders.processor import DecoderOptionError, Processor, ProcessorFactory
 from decoders.sampling import SamplingParamError
 from decoders.trie.index import label_index
@@ -524,8 +525,13 @@ def _decoder_stats(stats: Sequence[Mapping[str, Any]], jobs: Sequence[tuple[Any,
 
 
 def _fingerprint(path: str, engine: Engine) -> str:
-    """A stable id of the weights and the tokenizer: shapes, dtypes and a strided sample of every parameter,
-    and the vocabulary; equal for equal checkpoints wherever they are loaded from, cheap for large ones."""
+    """A stable id of the weights and the tokenizer: decoders.fingerprint over the checkpoint's files (what
+    artifacts such as IDP pools record when they are made; the same for any dtype or device); for a model
+    whose files cannot be read, a sample of the loaded parameters and the vocabulary instead."""
+    try:
+        return model_fingerprint(path)
+    except (OSError, ValueError) as e:  # no weight files, or a hub id missing from the local cache
+        logger.warning("fingerprint of %s from the loaded weights instead of its files: %s", path, e)
     h = hashlib.sha256()
     for name, param in engine.model.state_dict().items():
         flat = param.detach().reshape(-1)

@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
-from gateway.errors import PromptwireError, RequestTimeout, UpstreamError, UpstreamStatusError
+from gateway.errors import InvalidRequest, PromptwireError, RequestTimeout, UpstreamError, UpstreamStatusError
 from gateway.observe.tracing import inject
 from gateway.providers.choice import apply_choice
 from gateway.providers.http1 import (
@@ -125,6 +125,12 @@ class OpenAIProvider:
         the request's or the backend's total_s, whichever comes first) cuts every wait for bytes, and no
         retry is waited for past it: the upstream's error goes to the client at once instead."""
         url = self.base_url + path
+        if req.soft_prompt is not None:  # embeddings cannot travel over the OpenAI API
+            raise InvalidRequest(
+                f"backend {self.name!r} (type openai) cannot take a soft prompt: IDP pools (type soft) need the "
+                "model's own backend (type local); use a pool of type text for upstreams",
+                param="promptwire.select_prompt.pool",
+            )
         payload = req.upstream_body()
         if req.decoder is not None:
             payload = apply_choice(payload, req.decoder, self.config.structured_choice, model=req.model,

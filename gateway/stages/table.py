@@ -156,7 +156,7 @@ STAGES: dict[str, StageEntry] = {
         (Option("pool", (str,), "The prompt pool to choose from (a key of stages.select_prompt.pools)."),),
         "Per-request prompt selection: IDP (soft prompts, the local model's attention) or IDP-text.",
         SelectPromptConfig,
-        None,
+        "gateway.stages.select_prompt.stage:make_select_prompt_stage",
         "SelectPromptOptions",
     ),
     "conjugate": StageEntry(
