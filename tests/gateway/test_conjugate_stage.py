@@ -287,3 +287,49 @@ def test_logs_carry_no_prompt_text(setup: Any, caplog: pytest.LogCaptureFixture)
     assert "conjugate leet for key anonymous" in caplog.text
     assert QUESTION not in caplog.text and leet.encode(QUESTION) not in caplog.text
 
+
+
+def test_multi_part_content_transforms_text_parts_only(setup: Any) -> None:
+    up, proxy, audit = setup(allow={"anonymous": ["leet"]})
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+    body = chat_body("leet")
+    body["messages"] = [{"role": "user", "content": [{"type": "text", "text": "Describe this"}, image,
+                                                      {"type": "text", "text": "in one line."}]}]
+    with proxy.http() as http:
+        r = http.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    [sent] = generations(up)
+    assert sent["messages"][0]["content"] == [{"type": "text", "text": "D35cr1b3 7h15"}, image,
+                                              {"type": "text", "text": "1n 0n3 l1n3."}]
+    assert audit_lines(audit)[0]["original"]["messages"] == body["messages"]
+
+
+def test_token_id_prompts_cannot_be_transformed(setup: Any) -> None:
+    up, proxy, _ = setup(allow={"anonymous": ["leet"]})
+    with proxy.http() as http:
+        r = http.post("/v1/completions", json={"model": "test-model", "prompt": [1, 2, 3],
+                                                "promptwire": {"conjugate": {"transform": "leet"}}})
+    assert (r.status_code, r.json()["error"]["param"]) == (400, "prompt")
+    assert generations(up) == []
+
+
+async def test_audit_failure_on_grpc_is_unavailable_with_no_answer(make_upstream: Callable[..., UpstreamServer],
+                                                                   tmp_path: Path) -> None:
+    up = make_upstream(reply=REPLY)
+    (tmp_path / "d").mkdir()
+    req = gateway_pb2.ChatRequest(
+        model="test-model", messages=[common_pb2.ChatMessage(role="user", content=QUESTION)],
+        stages=options_pb2.StageOverrides(conjugate=options_pb2.ConjugateStage(
+            options=options_pb2.ConjugateOptions(transform="leet"))),
+    )
+    async with grpc_stub(conj_config(up, tmp_path / "d" / "a.jsonl", {"anonymous": ["leet"]})) as stub:
+        shutil.rmtree(tmp_path / "d")
+        call = stub.Chat(req)
+        received = []
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            async for m in call:
+                received.append(m)
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert ("x-promptwire-error-code", "audit_unavailable") in tuple(e.value.trailing_metadata() or ())
+    assert not any(c.text for m in received for c in m.choices)
+    assert len(generations(up)) == 1
