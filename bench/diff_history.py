@@ -33,15 +33,17 @@ OpenHands' LLM summarising condenser needs an LLM call per condensation and is n
 Measured: prompt tokens (cl100k_base over every message's content and tool-call name + arguments,
 the same count for every method), the fraction of observation lines each method leaves recoverable
 from the condensed messages alone (ours: by applying the diffs; a masked output recovers nothing),
-and the time ``condense_messages`` takes on the 128-step traces with the gateway's cl100k counter,
-cold (every text counted) and warm (an agent's next turn: earlier texts' counts cached).
+and the time condensing takes on the 128-step traces: the library's diffs alone, and the gateway
+stage's ``apply`` (diffs, cl100k counts for its stats, the rebuilt request) cold (a history the
+gateway has never seen: every text counted) and warm (an agent's next turn: the earlier outputs'
+counts are cached).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import difflib
-import functools
 import json
 import random
 import statistics
@@ -55,7 +57,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from compressors.diff_history import condense_messages, message_text  # noqa: E402
+from gateway.stages.condense_history import CondenseHistoryStage  # noqa: E402
+from gateway.stages.condense_history import _count as _token_cache  # noqa: E402
+from gateway.stages.condense_history import _diff as _diff_cache  # noqa: E402
 from gateway.tokens import count_tokens  # noqa: E402
+from gateway.types import ChatMessage, GatewayRequest  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 STEPS = (8, 32, 128)
@@ -372,33 +378,44 @@ def run_methods(msgs: Messages) -> dict[str, dict[str, float]]:
 
 
 def time_condense(msgs: Messages, repeats: int) -> dict[str, float]:
-    """Median wall and CPU ms of condense_messages with the cl100k counter, cold and warm."""
+    """Median ms (wall and this thread's CPU) of condensing ``msgs``: the diffing alone (library, no
+    token counting), and the gateway stage's ``apply`` (diffs + cl100k counts for the stats + request
+    rebuild) cold (token-count and diff caches empty: a history the gateway has never seen) and warm
+    (the agent's previous turn went through first, so only the newest outputs are counted and diffed)."""
+    stage = CondenseHistoryStage()
+    opts = stage.validate({})
 
-    def median_ms(fn: Callable[[], object], clock: Callable[[], float]) -> float:
-        samples = []
-        for _ in range(repeats):
+    def request(m: Messages) -> GatewayRequest:
+        return GatewayRequest("bench", "chat", "m", tuple(ChatMessage.from_dict(x) for x in m))
+
+    full, previous = request(msgs), request(msgs[:-2])
+    loop = asyncio.new_event_loop()
+
+    async def timed(req: GatewayRequest, clock: Callable[[], float]) -> float:
+        t0 = clock()
+        await stage.apply(req, opts)
+        return (clock() - t0) * 1000
+
+    def sample(kind: str, clock: Callable[[], float]) -> float:
+        if kind == "diff_only":
             t0 = clock()
-            fn()
-            samples.append((clock() - t0) * 1000)
-        return statistics.median(samples)
+            condense_messages(msgs, count_tokens=len)
+            return (clock() - t0) * 1000
+        _token_cache.cache_clear()
+        _diff_cache.cache_clear()
+        if kind == "stage_warm":
+            loop.run_until_complete(stage.apply(previous, opts))
+        return loop.run_until_complete(timed(full, clock))
 
     out: dict[str, float] = {}
-    for clock_name, clock in (("wall", time.perf_counter), ("cpu", time.thread_time)):
-        out[f"cold_{clock_name}_ms"] = median_ms(
-            lambda: condense_messages(msgs, count_tokens=count_tokens), clock
-        )
-
-        def warm(clock: Callable[[], float] = clock) -> float:
-            cached = functools.lru_cache(maxsize=4096)(count_tokens)
-            condense_messages(msgs[:-2], count_tokens=cached)  # the previous turn, not timed below
-            t0 = clock()
-            condense_messages(msgs, count_tokens=cached)
-            return (clock() - t0) * 1000
-
-        out[f"warm_{clock_name}_ms"] = statistics.median(warm() for _ in range(repeats))
-        out[f"diff_only_{clock_name}_ms"] = median_ms(
-            lambda: condense_messages(msgs, count_tokens=len), clock
-        )
+    try:
+        for kind in ("diff_only", "stage_cold", "stage_warm"):
+            for clock_name, clock in (("cpu", time.thread_time), ("wall", time.perf_counter)):
+                out[f"{kind}_{clock_name}_ms"] = statistics.median(
+                    sample(kind, clock) for _ in range(repeats)
+                )
+    finally:
+        loop.close()
     return out
 
 
@@ -414,9 +431,9 @@ def print_table(results: dict[str, Any]) -> None:
                 print(
                     f"{trace:<10} {n:>4} {name:<18} {r['tokens']:>8} {r['tokens'] / full:>7.1%} {r['recoverable']:>17.1%}"
                 )
-    print(
-        "\ncondense_messages on the 128-step traces (median ms; cl100k counting, warm = previous turn's counts cached)"
-    )
+    print("\ncondensing the 128-step traces, median ms (cpu = this thread's CPU time, wall = elapsed):")
+    print("  diff_only = the library's diffs alone; stage_cold / stage_warm = the gateway stage's apply with")
+    print("  cl100k stats, caches empty / after the previous turn (an agent loop's steady state)")
     for trace, t in results["timing"].items():
         print(f"  {trace:<10} " + "  ".join(f"{k} {v:.2f}" for k, v in t.items()))
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -216,6 +216,7 @@ def condense_messages(
     min_chars: int = 0,
     count_tokens: TokenCounter = approx_tokens,
     prefer_shorter: bool = False,
+    diff_fn: Callable[[str, str], str] = diff,
 ) -> Condensed:
     """Condense an OpenAI chat message list into a diff history.
 
@@ -229,6 +230,9 @@ def condense_messages(
     (across groups, in message order) into placeholders until the message text counts at most that
     many tokens; the last observation always stays. Observations shorter than ``min_chars``
     characters stay as they are. Non-text content parts are left in place.
+
+    ``diff_fn`` makes the diffs (:func:`diff` by default); a caller serving an agent loop can pass a
+    cached one, since every turn resends the same earlier outputs.
 
     ``prefer_shorter`` (not in the reference; off by default) keeps an observation in full where
     its diff would count more tokens than the text itself (outputs that change completely from one
@@ -277,7 +281,7 @@ def condense_messages(
         elif kind == "diff":
             p = prev[pos]
             assert p is not None
-            d = diff(found[p][2], text)
+            d = diff_fn(found[p][2], text)
             tokens = count_tokens(d)
             if prefer_shorter and tokens > msg_tokens[i] and not looks_like_diff(text):
                 kinds[pos] = "full"  # the whole text is cheaper than its diff, and cannot be misread

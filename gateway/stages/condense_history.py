@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from compressors.diff_history import DiffHistoryError, Observation, condense_messages
+from compressors.diff_history import DiffHistoryError, Observation, condense_messages, diff
 from compressors.diff_history.chat import DEFAULT_ROLES
 from gateway.config.stages import CondenseHistoryConfig
 from gateway.errors import InvalidRequest
@@ -40,6 +40,12 @@ def _count(text: str) -> int:
     """cl100k tokens, cached per text: an agent resends its whole history every turn, so only the
     newest outputs are counted cold (the stats' counting dominates a cold 128-step condense)."""
     return count_tokens(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _diff(a: str, b: str) -> str:
+    """The reference's diff, cached per pair: an agent's next turn repeats every earlier pair."""
+    return diff(a, b)
 
 
 def validate_condense_options(options: Mapping[str, Any], prefix: str = STAGE_PREFIX) -> dict[str, Any]:
@@ -93,6 +99,7 @@ def condense(
             roles=options["roles"],
             min_chars=options["min_chars"],
             count_tokens=_count,
+            diff_fn=_diff,
         )
     except DiffHistoryError as e:
         param = e.param if e.param.startswith("messages") else f"{prefix}{e.param}"
@@ -103,8 +110,11 @@ def condense(
         tokens_before=s.tokens_before,
         tokens_after=s.tokens_after,
         ms=(time.perf_counter() - t0) * 1000,
-        extra={"observations": s.observations, "observations_diffed": s.observations_diffed,
-               "placeholders": s.placeholders},
+        extra={
+            "observations": s.observations,
+            "observations_diffed": s.observations_diffed,
+            "placeholders": s.placeholders,
+        },
     )
     changed = any(o.kind in ("diff", "placeholder") for o in res.observations)
     return CondenseOutcome(res.messages, stats, res.observations, changed)
@@ -124,7 +134,9 @@ def parse_body(body: Any) -> tuple[list[Mapping[str, Any]], dict[str, Any]]:
     known = {o.name for o in STAGES[STAGE].options}
     for key in body:
         if key != "messages" and key not in known:
-            raise InvalidRequest(f"unknown field {key!r} (known: messages, {', '.join(sorted(known))})", param=key)
+            raise InvalidRequest(
+                f"unknown field {key!r} (known: messages, {', '.join(sorted(known))})", param=key
+            )
     return messages, {k: v for k, v in body.items() if k != "messages"}
 
 

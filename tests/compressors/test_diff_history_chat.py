@@ -240,3 +240,16 @@ def test_prefer_shorter_never_sends_a_diff_lookalike_in_full() -> None:
     res = condense_messages(msgs, count_tokens=len, prefer_shorter=True)
     assert [o.kind for o in res.observations] == ["full", "diff"]
     assert res.recover()[5] == "@@ -1 +1 @@ looks like a hunk"
+
+
+def test_diff_fn_is_used_for_every_diff() -> None:
+    calls: list[tuple[str, str]] = []
+
+    def recording(a: str, b: str) -> str:
+        calls.append((a, b))
+        return diff(a, b)
+
+    msgs = conversation(6)
+    res = condense_messages(msgs, diff_fn=recording)
+    assert len(calls) == res.stats.observations_diffed == 4
+    assert res.messages == condense_messages(msgs).messages
