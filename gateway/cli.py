@@ -29,6 +29,7 @@ from gateway.config import (
     parse_raw,
     validate_config,
 )
+from gateway.startup import StartupError, bind_socket, model_source_problems, port_problem
 
 __all__ = ["build_parser", "main"]
 
@@ -174,19 +175,6 @@ def _private_channel(url: str) -> bool:
         return False
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if os.environ.get(_WORKER_ENV):
-        # One of several worker processes: the kernel spreads connections over all of them.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.setblocking(False)
-    return sock
-
-
 @contextlib.contextmanager
 def _runner() -> Generator[asyncio.Runner, None, None]:
     try:
@@ -200,19 +188,26 @@ def _runner() -> Generator[asyncio.Runner, None, None]:
 
 
 async def _serve(config: GatewayConfig, source: str = "<config>") -> int:
-    # SIGTERM/SIGINT from here on stop the process cleanly, start-up included (imports, discovery
-    # against a slow upstream, a local model build): see _StartupStop.
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    early = _StartupStop(loop, stop)
-
     import uvicorn
 
     from gateway.core.gateway import Gateway
     from gateway.http.app import create_app
     from gateway.observe.health import HealthListener, HealthStatus, QuietServer
 
+    sc = config.server
     gateway = Gateway(config)
+    status = HealthStatus(gateway)  # shared by the gRPC server and the health listener
+    # Both ports are bound before anything loads: a port in use is one line now, not after a model load.
+    try:
+        sock, grpc_handle = await _bind_ports(gateway, config, status)
+    except StartupError as e:
+        _cannot_start(str(e))
+        return 2
+    # SIGTERM/SIGINT from here on stop the process cleanly, start-up included (imports, discovery
+    # against a slow upstream, a local model build): see _StartupStop.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    early = _StartupStop(loop, stop)
     start_task = asyncio.create_task(gateway.start())
     stopper = asyncio.create_task(stop.wait())
     try:
@@ -223,41 +218,31 @@ async def _serve(config: GatewayConfig, source: str = "<config>") -> int:
                 await start_task
             logger.info("stop signal during start-up: exiting without serving", extra={"event": "stopped",
                                                                                         "drained": True})
-            await gateway.aclose()
+            await _close_unstarted(gateway, sock, grpc_handle)
             return 0
         start_task.result()
         # Everything loaded so far lives as long as the process: keep it out of the collector's
         # generations, or each full collection walks it and stalls every request in flight.
         gc.collect()
         gc.freeze()
-    except Exception as e:  # a backend or stage that cannot be built: say why and exit
-        logger.error("cannot start (config %s): %s", source, getattr(e, "message", None) or e,
-                     extra={"event": "start_failed"})
-        await gateway.aclose()
+    except Exception as e:  # a backend or stage that cannot be built: say why (one line) and exit
+        reason = " ".join(str(getattr(e, "message", None) or e).split())
+        logger.error("cannot start (config %s): %s", source, reason, extra={"event": "start_failed"})
+        await _close_unstarted(gateway, sock, grpc_handle)
         return 2
     finally:
         stopper.cancel()
         early.done(stopping=stop.is_set())
     app = create_app(gateway)
-    sc = config.server
-    sock = _bind(sc.host, sc.http_port)
     http_port = sock.getsockname()[1]
     uv_config = uvicorn.Config(
         app, lifespan="off", http="httptools", loop="none", access_log=False, log_config=None,
         timeout_keep_alive=75, timeout_graceful_shutdown=max(1, int(sc.shutdown_grace_s)), server_header=False,
+        ssl_certfile=sc.tls_cert_file, ssl_keyfile=sc.tls_key_file,
     )
     server = QuietServer(uv_config)  # SIGTERM/SIGINT are ours: readiness first, drain, then stop uvicorn
-    status = HealthStatus(gateway)  # shared by the gRPC server and the health listener
-    grpc_handle: Any = None
-    if sc.grpc_port is not None:
-        try:
-            from gateway.grpc.server import start_grpc_server
-        except ImportError as e:
-            logger.warning("gRPC front end not available (%s); serving HTTP only", e)
-        else:
-            grpc_handle = await start_grpc_server(
-                gateway, sc.host, sc.grpc_port, reuse_port=bool(os.environ.get(_WORKER_ENV)), status=status
-            )
+    if grpc_handle is not None:
+        await grpc_handle.start()
     status.start(_HEALTH_INTERVAL_S)
     health: HealthListener | None = None
     if sc.health_port is not None:
@@ -273,8 +258,8 @@ async def _serve(config: GatewayConfig, source: str = "<config>") -> int:
         await serve_task
         return 1
     logger.info(
-        "promptwire serving http://%s:%d%s", sc.host, http_port,
-        f" and grpc {sc.host}:{grpc_handle.port}" if grpc_handle is not None else "",
+        "promptwire serving %s://%s:%d%s", "https" if sc.tls_cert_file else "http", sc.host, http_port,
+        f" and grpc{'s' if sc.tls_cert_file else ''} {sc.host}:{grpc_handle.port}" if grpc_handle is not None else "",
         extra={"event": "serving", "http_port": http_port,
                "grpc_port": grpc_handle.port if grpc_handle is not None else None,
                "health_port": health.port if health is not None else None,
@@ -304,6 +289,50 @@ async def _serve(config: GatewayConfig, source: str = "<config>") -> int:
     await gateway.aclose()
     logger.info("stopped", extra={"event": "stopped", "drained": drained})
     return 0
+
+
+async def _bind_ports(gateway: Any, config: GatewayConfig, status: Any) -> tuple[socket.socket, Any]:
+    """The HTTP socket and the gRPC server (bound, not started), the health port checked free;
+    StartupError (one line) for a port that cannot be bound."""
+    sc = config.server
+    reuse = bool(os.environ.get(_WORKER_ENV))
+    if sc.health_port:  # bound later by the health listener; checked now with the others
+        bind_socket(sc.health_host, sc.health_port, "health", reuse_port=reuse).close()
+    sock = bind_socket(sc.host, sc.http_port, "HTTP", reuse_port=reuse)
+    if sc.grpc_port is None:
+        return sock, None
+    try:
+        from gateway.grpc.server import prepare_grpc_server
+    except ImportError as e:
+        logger.warning("gRPC front end not available (%s); serving HTTP only", e)
+        return sock, None
+    tls = None
+    if sc.tls_cert_file is not None and sc.tls_key_file is not None:
+        with open(sc.tls_key_file, "rb") as kf, open(sc.tls_cert_file, "rb") as cf:
+            tls = (kf.read(), cf.read())
+    try:
+        if sc.grpc_port:  # checked with a socket of ours first: grpc's own bind failure is a C-core log line
+            bind_socket(sc.host, sc.grpc_port, "gRPC", reuse_port=reuse).close()
+        return sock, await prepare_grpc_server(gateway, sc.host, sc.grpc_port, reuse_port=reuse, tls=tls,
+                                               status=status)
+    except StartupError:
+        sock.close()
+        raise
+    except OSError:
+        sock.close()
+        raise StartupError(port_problem("gRPC", sc.host, sc.grpc_port)) from None
+
+
+async def _close_unstarted(gateway: Any, sock: socket.socket, grpc_handle: Any) -> None:
+    sock.close()
+    if grpc_handle is not None:
+        await grpc_handle.server.stop(None)
+    await gateway.aclose()
+
+
+def _cannot_start(reason: str) -> None:
+    """A start-up problem: one plain line on stderr (before or beside the JSON log)."""
+    print(f"promptwire: cannot start: {reason}", file=sys.stderr, flush=True)
 
 
 def _exit_before_start(signum: int, _frame: Any) -> None:
@@ -366,8 +395,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         config, source = _serve_config(args)
-    except ConfigError as e:
-        print(f"promptwire: config error:\n{e}", file=sys.stderr)
+    except ConfigError as e:  # one line per problem, each naming the file (or flag), key path and reason
+        for line in str(e).splitlines():
+            print(f"promptwire: config error: {line}", file=sys.stderr)
+        return 2
+    problems = model_source_problems(config)
+    if problems:  # models that cannot load: say so now, not after the others have loaded
+        for line in problems:
+            _cannot_start(line)
         return 2
     configure_logging(config.server.log_level)
     for sig in _STOP_SIGNALS:  # until _serve (or the workers' parent) installs its own
@@ -411,6 +446,14 @@ def _run_workers(args: argparse.Namespace, config: GatewayConfig, workers: int) 
     if sc.http_port == 0 or sc.grpc_port == 0:
         logger.error("--workers needs fixed ports (not 0): every worker binds the same ones")
         return 2
+    # the workers share the ports (SO_REUSEPORT): check once here that nobody else holds them
+    checks = [("HTTP", sc.http_port)] + ([("gRPC", sc.grpc_port)] if sc.grpc_port is not None else [])
+    for what, port in checks:
+        try:
+            bind_socket(sc.host, port, what).close()
+        except StartupError as e:
+            _cannot_start(str(e))
+            return 2
     argv = list(args.argv)
     env = {**os.environ, _WORKER_ENV: str(os.getpid())}
     procs = [subprocess.Popen([sys.executable, "-m", "gateway.cli", *argv], env=env) for _ in range(workers)]

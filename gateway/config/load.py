@@ -95,7 +95,7 @@ def parse_raw(
     try:
         raw = yaml_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{source}: not valid YAML: {e}") from None
+        raise ConfigError(f"{source}: not valid YAML: {_yaml_reason(e)}") from None
     except DuplicateKey as e:
         raise ConfigError(f"{source}: {e}") from None
     if raw is None:
@@ -106,6 +106,16 @@ def parse_raw(
     if env:
         tree = apply_env(tree, env, origins)
     return tree
+
+
+def _yaml_reason(e: yaml.YAMLError) -> str:
+    """The parser's complaint on one line, with where it is."""
+    if isinstance(e, yaml.MarkedYAMLError) and e.problem:
+        mark = e.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        context = f" ({e.context})" if e.context else ""
+        return f"{e.problem}{where}{context}"
+    return " ".join(str(e).split())
 
 
 EMBEDDED_SOURCE = "<embedded default.yaml>"

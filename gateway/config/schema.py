@@ -53,6 +53,11 @@ class ServerConfig(Strict):
     sidecar whose API listens on localhost while the kubelet probes the pod IP. None: off; 0: a free port."""
     health_host: str = "0.0.0.0"
     """Interface of the health-only listener: all of them by default (it serves no data)."""
+    tls_cert_file: str | None = None
+    """PEM certificate (chain) the gateway presents: HTTPS and gRPC over TLS on both ports; needs
+    ``tls_key_file``. Relative to the working directory; checked at load."""
+    tls_key_file: str | None = None
+    """PEM private key of ``tls_cert_file``."""
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> ServerConfig:
@@ -61,6 +66,25 @@ class ServerConfig(Strict):
                 raise ValueError(f"health_port {self.health_port} is also http_port; give it a port of its own")
             if self.health_port == self.grpc_port:
                 raise ValueError(f"health_port {self.health_port} is also grpc_port; give it a port of its own")
+        return self
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerConfig:
+        cert, key = self.tls_cert_file, self.tls_key_file
+        if (cert is None) != (key is None):
+            raise ValueError("tls_cert_file and tls_key_file go together (set both, or neither for plain text)")
+        if cert is not None and key is not None:
+            for name, v in (("tls_cert_file", cert), ("tls_key_file", key)):
+                p = Path(v).expanduser()
+                if not p.is_file():
+                    raise ValueError(f"{name}: {v!r} " + ("does not exist" if not p.exists() else "is not a file"))
+            try:
+                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+            except ssl.SSLError as e:
+                raise ValueError(f"tls_cert_file / tls_key_file: not a matching PEM certificate and key "
+                                 f"({e.reason or e})") from None
+            except OSError as e:
+                raise ValueError(f"tls_cert_file / tls_key_file: cannot read: {e.strerror or e}") from None
         return self
 
 
@@ -98,7 +122,9 @@ class ApiKeyConfig(Strict):
 
 class AuthConfig(Strict):
     keys: tuple[ApiKeyConfig, ...] = ()
-    """No keys: authentication is off."""
+    """No keys: authentication is off. With keys, every route but /healthz and /readyz needs one."""
+    metrics_public: bool = False
+    """Serve /metrics without a key (a Prometheus scraper inside the cluster); off: it needs one too."""
 
 
 class TimeoutConfig(Strict):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import logging
 import time
 import uuid
@@ -24,7 +25,7 @@ from gateway.observe.metrics import Metrics
 from gateway.types import GatewayRequest
 from protos.promptwire.v1 import compress_pb2, gateway_pb2, gateway_pb2_grpc
 
-__all__ = ["SERVICE_NAME", "CompressHandler", "GrpcHandle", "start_grpc_server"]
+__all__ = ["SERVICE_NAME", "CompressHandler", "GrpcHandle", "prepare_grpc_server", "start_grpc_server"]
 
 logger = logging.getLogger(__name__)
 
@@ -296,6 +297,10 @@ class GrpcHandle:
         """Readiness services ("" and promptwire.v1.Gateway) follow Gateway.ready(); ``liveness`` stays
         SERVING until the server stops (shared with the health listener, server.health_port)."""
 
+    async def start(self) -> None:
+        """Start serving RPCs (the server was bound by prepare_grpc_server)."""
+        await self.server.start()
+
     async def set_not_serving(self) -> None:
         """Graceful shutdown: readiness NOT_SERVING for good; liveness SERVING while requests drain."""
         await self.status.shutdown()
@@ -326,30 +331,21 @@ def _enable_reflection(server: grpc.aio.Server, names: tuple[str, ...]) -> None:
         server.add_generic_rpc_handlers((generic,))
 
 
-async def start_grpc_server(
+async def prepare_grpc_server(
     gateway: Gateway,
     host: str,
     port: int,
     *,
     compress: CompressHandler | None = None,
-    health_interval_s: float | None = 5.0,
     status: HealthStatus | None = None,
     max_message_bytes: int | None = None,
     reuse_port: bool = False,
-    **_: Any,
+    tls: tuple[bytes, bytes] | None = None,
 ) -> GrpcHandle:
-    """Serve promptwire.v1.Gateway, grpc.health.v1.Health and reflection on host:port (0: a free port).
-
-    `compress` handles the Compress RPC (``CompressAPI.handle_proto``: CompressRequest in,
-    CompressResponse out); without it Compress answers UNIMPLEMENTED. Health starts SERVING and, with
-    `health_interval_s`, follows ``gateway.ready()`` at that period until `set_not_serving()`; the
-    ``liveness`` service stays SERVING until `stop()`. `status` shares the statuses with other servers
-    (the health listener); default: its own.
-    `max_message_bytes` caps request messages (default: the config's ``limits.max_body_bytes``).
-    `reuse_port` lets several worker processes share the port (``serve --workers N``); off by default so
-    that a second gateway started by mistake fails to bind instead of silently taking half the traffic.
-    Unknown keyword options are ignored so callers can pass the server config through.
-    """
+    """A gRPC server for promptwire.v1.Gateway, grpc.health.v1.Health and reflection, bound to host:port
+    (0: a free port) but not started (``await handle.start()``): ``promptwire serve`` binds its ports
+    before any model loads, so that a port in use is a one-line error at once. Options as for
+    :func:`start_grpc_server`. Raises OSError when the port cannot be bound."""
     if max_message_bytes is None:
         max_message_bytes = gateway.config.limits.max_body_bytes
     options = [
@@ -364,12 +360,49 @@ async def start_grpc_server(
     health_pb2_grpc.add_HealthServicer_to_server(await status.servicer(), server)
     health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
     _enable_reflection(server, (SERVICE_NAME, health_name, reflection.SERVICE_NAME))
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    try:
+        if tls is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, grpc.ssl_server_credentials([tls]))
+    except RuntimeError:  # grpcio raises it for a port it cannot bind
+        bound = 0
     if bound == 0:
-        raise OSError(f"the gRPC server could not bind {host}:{port}")
-    await server.start()
-    handle = GrpcHandle(server, bound, status)
+        raise OSError(errno.EADDRINUSE, f"the gRPC server could not bind {address}")
+    return GrpcHandle(server, bound, status)
+
+
+async def start_grpc_server(
+    gateway: Gateway,
+    host: str,
+    port: int,
+    *,
+    compress: CompressHandler | None = None,
+    health_interval_s: float | None = 5.0,
+    status: HealthStatus | None = None,
+    max_message_bytes: int | None = None,
+    reuse_port: bool = False,
+    tls: tuple[bytes, bytes] | None = None,
+    **_: Any,
+) -> GrpcHandle:
+    """Serve promptwire.v1.Gateway, grpc.health.v1.Health and reflection on host:port (0: a free port).
+
+    `compress` handles the Compress RPC (``CompressAPI.handle_proto``: CompressRequest in,
+    CompressResponse out); without it Compress answers UNIMPLEMENTED. Health starts SERVING and, with
+    `health_interval_s`, follows ``gateway.ready()`` at that period until `set_not_serving()`; the
+    ``liveness`` service stays SERVING until `stop()`. `status` shares the statuses with other servers
+    (the health listener); default: its own.
+    `max_message_bytes` caps request messages (default: the config's ``limits.max_body_bytes``).
+    `reuse_port` lets several worker processes share the port (``serve --workers N``); off by default so
+    that a second gateway started by mistake fails to bind instead of silently taking half the traffic.
+    `tls`: (PEM private key, PEM certificate chain) to serve over TLS.
+    Unknown keyword options are ignored so callers can pass the server config through.
+    """
+    handle = await prepare_grpc_server(gateway, host, port, compress=compress, status=status,
+                                       max_message_bytes=max_message_bytes, reuse_port=reuse_port, tls=tls)
+    await handle.start()
     if health_interval_s is not None:
-        status.start(health_interval_s)
-    logger.info("gRPC server listening on %s:%s", host, bound)
+        handle.status.start(health_interval_s)
+    logger.info("gRPC server listening on %s:%s", host, handle.port)
     return handle

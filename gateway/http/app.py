@@ -366,10 +366,15 @@ def create_app(gateway: Gateway, *, extra_routes: Sequence[BaseRoute] = (), vers
         return JSONResponse({"object": "list", "data": data},
                             headers={"x-request-id": request.scope["promptwire.request_id"]})
 
+    metrics_public = gateway.config.auth.metrics_public
+
     async def metrics(request: Request) -> Response:
+        if not metrics_public:
+            request_key(request)
         return Response(gateway.metrics.render(), media_type=CONTENT_TYPE)
 
     async def openapi_json(request: Request) -> Response:
+        request_key(request)  # with auth on, only /healthz and /readyz (and /metrics if public) need no key
         return Response(openapi, media_type="application/json")
 
     async def json_body(request: Request) -> Any:

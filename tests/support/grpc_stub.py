@@ -13,18 +13,25 @@ from gateway.core.gateway import Gateway
 from gateway.grpc.server import start_grpc_server
 from protos.promptwire.v1 import gateway_pb2_grpc
 
-__all__ = ["grpc_stub", "serving_stub"]
+__all__ = ["grpc_stub", "serving_channel", "serving_stub"]
+
+
+@contextlib.asynccontextmanager
+async def serving_channel(gateway: Gateway) -> AsyncIterator[grpc.aio.Channel]:
+    """A gRPC server for an already started ``gateway`` and a channel to it; both closed on exit."""
+    handle = await start_grpc_server(gateway, "127.0.0.1", 0, health_interval_s=None)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{handle.port}") as channel:
+            yield channel
+    finally:
+        await handle.stop(0)
 
 
 @contextlib.asynccontextmanager
 async def serving_stub(gateway: Gateway) -> AsyncIterator[Any]:
     """A gRPC server for an already started ``gateway`` and a stub on it; both closed on exit."""
-    handle = await start_grpc_server(gateway, "127.0.0.1", 0, health_interval_s=None)
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{handle.port}") as channel:
-            yield gateway_pb2_grpc.GatewayStub(channel)  # type: ignore[no-untyped-call]
-    finally:
-        await handle.stop(0)
+    async with serving_channel(gateway) as channel:
+        yield gateway_pb2_grpc.GatewayStub(channel)  # type: ignore[no-untyped-call]
 
 
 @contextlib.asynccontextmanager
