@@ -113,7 +113,7 @@ def test_http_auth_and_stage_permissions(make_proxy: Any) -> None:
         assert r.status_code == 403 and r.json()["error"]["param"] == "promptwire.condense_history"
         r = http.post("/v1/condense_history", content=b"{not json", headers=BEARER)
         assert r.status_code == 400
-        assert "/v1/condense_history" in http.get("/openapi.json").json()["paths"]
+        assert "/v1/condense_history" in http.get("/openapi.json", headers=BEARER).json()["paths"]
 
 
 # --- gRPC --------------------------------------------------------------------------------------------
