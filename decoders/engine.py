@@ -49,6 +49,7 @@ __all__ = [
     "Engine",
     "EngineConfig",
     "EngineError",
+    "ForwardOutput",
     "GenerationResult",
     "RequestHandle",
     "SamplingParamError",
@@ -136,6 +137,16 @@ class _Request:
     @property
     def eager_aux(self) -> bool:
         return self.aux is not None and not self.aux.lazy
+
+
+@dataclass(frozen=True)
+class ForwardOutput:
+    """What :meth:`Engine.forward` returns."""
+
+    logits: torch.Tensor
+    """(B, T, V) float32."""
+    attentions: tuple[torch.Tensor, ...] | None = None
+    """Per layer (B, H, T, T), when asked."""
 
 
 @dataclass(eq=False)
@@ -249,12 +260,15 @@ class Engine:
         params: SamplingParams,
         messages: Sequence[Mapping[str, Any]] | None = None,
         soft_prompt_tokens: int = 0,
+        prompt_text: str | None = None,
     ) -> DecoderContext:
-        """What a processor factory needs to build a decoder for this request."""
+        """What a processor factory needs to build a decoder for this request (``messages`` for chat
+        requests, ``prompt_text`` for text completion prompts: what ``prompt_ids`` were made from)."""
         max_new = max(0, min(params.max_tokens, self.max_context - len(prompt_ids) - soft_prompt_tokens))
         return DecoderContext(
             self.tokenizer, self.vocab_size, self.eos_token_ids, tuple(prompt_ids), max_new,
-            messages=None if messages is None else tuple(messages), resources=self.resources,
+            messages=None if messages is None else tuple(messages), prompt_text=prompt_text,
+            resources=self.resources,
             encode=self.encode, chat_prompt=self.chat_prompt, soft_prompt_tokens=soft_prompt_tokens,
         )
 
@@ -418,6 +432,37 @@ class Engine:
         """``run_exclusive`` for asyncio: awaits the result without blocking the event loop."""
         self.start()
         return await asyncio.wrap_future(self.run_exclusive(fn))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> ForwardOutput:
+        """One plain forward (no cache) over ``input_ids`` (B, T) or ``inputs_embeds`` (B, T, d), for use
+        inside an exclusive call: ``engine.arun_exclusive(lambda m: engine.forward(...))``.
+
+        Returns float32 logits (B, T, V) and, when asked, every layer's attention weights (B, H, T, T) (the
+        model switches to eager attention for that call, since fused kernels do not return weights)."""
+        if self.running and threading.current_thread() is not self._thread:
+            raise RuntimeError("Engine.forward runs on the engine thread: call it inside run_exclusive")
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("give exactly one of input_ids and inputs_embeds")
+        inputs = {"input_ids": input_ids} if input_ids is not None else {"inputs_embeds": inputs_embeds}
+        impl = getattr(self.model.config, "_attn_implementation", None)
+        switch = output_attentions and impl not in (None, "eager")
+        if switch:
+            self.model.set_attn_implementation("eager")
+        try:
+            with torch.inference_mode():
+                out = self.model(**inputs, attention_mask=attention_mask, use_cache=False,
+                                 output_attentions=output_attentions)
+        finally:
+            if switch:
+                self.model.set_attn_implementation(impl)
+        attentions = tuple(out.attentions) if output_attentions else None
+        return ForwardOutput(out.logits.float(), attentions)  # (B, T, V)
 
     # ---- lifecycle -----------------------------------------------------------------------------
 

@@ -52,6 +52,8 @@ class DecoderContext:
     messages: tuple[Mapping[str, Any], ...] | None = None
     """Chat requests: the messages (``{"role", "content"}``) before templating, as the prompt was built
     from them; None for completion requests."""
+    prompt_text: str | None = None
+    """Completion requests with a text prompt: that text before tokenising; None for chat or token ids."""
     resources: ResourceCache = field(default_factory=lambda: ResourceCache(64 << 20))
     """The model's resource cache (shared by every request on this model, bounded in bytes): build
     tables such as label tries, HMMs and DFAs once with ``resources.get_or_build(key, build)``."""
@@ -65,6 +67,9 @@ class DecoderContext:
 
 class AuxStream(Protocol):
     """A processor's auxiliary stream (its own prompt, advanced on the main stream's tokens)."""
+
+    forwards: int
+    """Forward passes run for this stream so far (its prefill included)."""
 
     def logits(self) -> torch.Tensor:
         """The auxiliary stream's next-token logits (V,) at this step (float32, raw).

@@ -21,6 +21,7 @@ from decoders.engine import (
     Engine,
     EngineConfig,
     EngineError,
+    ForwardOutput,
     GenerationResult,
     SamplingParams,
     StreamDelta,
@@ -150,6 +151,15 @@ class LocalProvider:
         with engine_errors():
             return await self.engine.arun_exclusive(fn)
 
+    async def forward(self, input_ids: Any = None, inputs_embeds: Any = None, attention_mask: Any = None,
+                      output_attentions: bool = False) -> ForwardOutput:
+        """One batched forward between decode steps: float32 logits (B, T, V) and, when asked, every layer's
+        attention weights (B, H, T, T). Give ``input_ids`` (B, T) or ``inputs_embeds`` (B, T, d) (for example
+        ``[soft prompt ; embed(ids)]``)."""
+        engine = self.engine
+        return await self.run_exclusive(
+            lambda _: engine.forward(input_ids, inputs_embeds, attention_mask, output_attentions))
+
     # ---- Provider protocol ---------------------------------------------------------------------
 
     async def list_models(self) -> list[ModelInfo]:
@@ -231,10 +241,11 @@ class LocalProvider:
                     n: int) -> list[tuple[list[int], SamplingParams, Processor | None]]:
         """One (prompt, sampling, processor) per choice, choice index = prompt index * n + sample index."""
         jobs = []
-        for ids in prompts:
+        texts = _prompt_texts(req, len(prompts))
+        for ids, text in zip(prompts, texts, strict=True):
             for i in range(n):
                 p = _seeded(params, i)
-                proc = await self._aprocessor(req, ids, p)
+                proc = await self._aprocessor(req, ids, p, text)
                 with engine_errors():
                     self.engine.check(ids, p, proc, req.soft_prompt)
                 jobs.append((ids, p, proc))
@@ -320,21 +331,23 @@ class LocalProvider:
                 return [list(x) for x in prompt]
         raise InvalidRequest("prompt must be a string, a list of strings, or token ids", param="prompt")
 
-    async def _aprocessor(self, req: GatewayRequest, ids: Sequence[int], params: SamplingParams) -> Processor | None:
+    async def _aprocessor(self, req: GatewayRequest, ids: Sequence[int], params: SamplingParams,
+                          text: str | None = None) -> Processor | None:
         # Building a decoder can take seconds (a trie over 10,000 labels, tokenised in context; cached after
         # that), so it runs on a worker thread: the event loop keeps serving other requests meanwhile.
         if not req.decoder:
             return None
-        return await asyncio.to_thread(self._processor, req, ids, params)
+        return await asyncio.to_thread(self._processor, req, ids, params, text)
 
-    def _processor(self, req: GatewayRequest, ids: Sequence[int], params: SamplingParams) -> Processor | None:
+    def _processor(self, req: GatewayRequest, ids: Sequence[int], params: SamplingParams,
+                   text: str | None = None) -> Processor | None:
         if not req.decoder:
             return None
         name = str(req.decoder.get("name"))
         options = {k: v for k, v in req.decoder.items() if k != "name"}
         messages = [{"role": m.role, "content": m.text()} for m in req.messages] if req.kind == "chat" else None
         n_soft = 0 if req.soft_prompt is None else int(req.soft_prompt.shape[0])
-        ctx = self.engine.decoder_context(ids, params, messages, n_soft)
+        ctx = self.engine.decoder_context(ids, params, messages, n_soft, text)
         with engine_errors():
             return _factory(name)(options, ctx)
 
@@ -548,6 +561,15 @@ def _device_name(device: Any) -> str:
     if getattr(device, "type", "") == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return str(device)
+
+
+def _prompt_texts(req: GatewayRequest, n: int) -> list[str | None]:
+    """Each completion prompt's text (None for token ids and chat), aligned with ``_prompt_ids``."""
+    if req.kind == "completion" and isinstance(req.prompt, str):
+        return [req.prompt]
+    if req.kind == "completion" and isinstance(req.prompt, list) and all(isinstance(x, str) for x in req.prompt):
+        return list(req.prompt)
+    return [None] * n
 
 
 def _seeded(params: SamplingParams, i: int) -> SamplingParams:

@@ -64,3 +64,23 @@ async def test_bad_decoder_options_are_invalid_argument(stub: Any) -> None:
         await _text(stub.Chat(_request(empty, 0)))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "(parameter: decoder.trie.labels)" in (err.value.details() or "")
+
+
+async def test_n_choices_stream_over_grpc_with_their_indices(stub: Any) -> None:
+    decoder = options_pb2.DecoderOptions(trie=options_pb2.TrieDecoder(labels=LABELS))
+    req = gateway_pb2.ChatRequest(
+        model="tiny-llama",
+        messages=[common_pb2.ChatMessage(role="user", content="classify: my invoice is wrong")],
+        sampling=options_pb2.SamplingParams(max_tokens=24, temperature=1.0, seed=5, n=3),
+        decoder=decoder,
+    )
+    messages = [m async for m in stub.Chat(req)]
+    texts: dict[int, str] = {}
+    for m in messages[:-1]:
+        for c in m.choices:
+            texts[c.index] = texts.get(c.index, "") + c.text
+    last = messages[-1]
+    assert sorted(texts) == [0, 1, 2] and all(t in LABELS for t in texts.values())
+    assert last.done and sorted(c.index for c in last.choices) == [0, 1, 2]
+    assert all(c.finish_reason == "stop" for c in last.choices)
+    assert last.usage.completion_tokens >= 3

@@ -221,7 +221,7 @@ def test_scoring_takes_one_prompt(proxy: RunningProxy) -> None:
 
 
 def test_scoring_beside_concurrent_generation(proxy: RunningProxy, brute: Any) -> None:
-    """Scoring runs the model on a worker thread while the engine decodes other requests: both stay right."""
+    """Scoring runs between the decode steps of other requests on the engine thread: both stay right."""
     from concurrent.futures import ThreadPoolExecutor
 
     chat, _ = brute
