@@ -78,7 +78,8 @@ def pick_threshold(model: Any, items: list[Case], steps: int, fraction: float) -
             tops.append(float(p.max()))
             ids.append(int(p.argmax()))
     tops.sort()
-    return tops[min(len(tops) - 1, int(fraction * len(tops)))]
+    k = min(len(tops) - 1, max(1, int(fraction * len(tops))))
+    return (tops[k - 1] + tops[k]) / 2  # between two measured values, so no pilot step sits on it
 
 
 def run_engine(engine: Engine, items: list[Case], n: int, options: dict[str, Any] | None) -> tuple[list[list[int]], float]:

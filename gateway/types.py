@@ -154,6 +154,8 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    aux_prompt_tokens: int = 0
+    """Local backends: an auxiliary stream's prefilled prompt (USCD's lame prompt)."""
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> Usage | None:
@@ -161,7 +163,7 @@ class Usage:
             return None
         p = int(d.get("prompt_tokens") or 0)
         c = int(d.get("completion_tokens") or 0)
-        return cls(p, c, int(d.get("total_tokens") or p + c))
+        return cls(p, c, int(d.get("total_tokens") or p + c), int(d.get("aux_prompt_tokens") or 0))
 
 
 @dataclass(frozen=True, slots=True)

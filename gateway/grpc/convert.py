@@ -373,6 +373,7 @@ class StreamState:
     finish_reasons: dict[int, str] = field(default_factory=dict)
     usage: Usage | None = None
     label_scores: list[gateway_pb2.LabelScore] = field(default_factory=list)
+    decoder_stats: list[Mapping[str, Any]] = field(default_factory=list)
 
     def feed(self, chunk: StreamChunk) -> list[gateway_pb2.ChoiceDelta]:
         """The deltas of one chunk (empty when it only carries usage or finish reasons)."""
@@ -383,6 +384,7 @@ class StreamState:
         if usage is not None:
             self.usage = usage
         self._scores(data)
+        self._decoder_stats(data)
         deltas = []
         for ch in data.get("choices") or ():
             index = int(ch.get("index") or 0)
@@ -436,8 +438,17 @@ class StreamState:
             out.append(gateway_pb2.LabelScore(label=str(label), probability=prob, logprob=logprob))
         self.label_scores = out
 
+    def _decoder_stats(self, data: Mapping[str, Any]) -> None:
+        """``chunk["promptwire"]["decoder"]``: one choice's stats (an object) or every choice's (a list)."""
+        ext = data.get("promptwire")
+        stats = ext.get("decoder") if isinstance(ext, dict) else None
+        if isinstance(stats, dict):
+            self.decoder_stats = [stats]
+        elif isinstance(stats, list):
+            self.decoder_stats = [s for s in stats if isinstance(s, dict)]
+
     def final_fields(self) -> dict[str, Any]:
-        """Fields of the last message: finish reasons of every choice, usage and label scores."""
+        """Fields of the last message: finish reasons of every choice, usage, label scores, decoder stats."""
         usage = self.usage
         return {
             "id": self.response_id,
@@ -452,10 +463,12 @@ class StreamState:
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
                 total_tokens=usage.total_tokens,
+                aux_prompt_tokens=usage.aux_prompt_tokens,
             )
             if usage is not None
             else None,
             "label_scores": self.label_scores,
+            "decoder_stats": [_struct(s) for s in self.decoder_stats],
         }
 
 

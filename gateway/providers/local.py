@@ -55,6 +55,7 @@ _UNSUPPORTED = ("tools", "functions", "tool_choice", "function_call", "logit_bia
 _MAX_N = 16
 _P = "promptwire.decoder."
 
+
 def _factory(name: str) -> ProcessorFactory:
     """The decoder's factory, from the one table of names (gateway/stages/table.py)."""
     entry = DECODERS.get(name)

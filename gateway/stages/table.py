@@ -228,9 +228,10 @@ DECODERS: dict[str, DecoderEntry] = {
                    proto_fields=("lame_prompt_text", "lame_prompt_ids")),
         ),
         "Uncertainty-aware selective contrastive decoding against a lame prompt.",
-        None,
+        "decoders.uscd:build",
         "UscdDecoder",
-        "USCD needs the model's next-token distributions for two prompts at every step",
+        "USCD needs the model's logits (the next-token distributions of the prompt and of the lame prompt) "
+        "at every step",
     ),
     "decog": DecoderEntry(
         "decog",

@@ -13,7 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from decoders.tiny import build_tiny_causal_lm
-from gateway.config import BackendConfig
+from gateway.config.schema import LocalBackendConfig
 from gateway.errors import InvalidRequest
 from gateway.providers.local import LocalProvider
 from gateway.types import ChatMessage, GatewayRequest
@@ -28,7 +28,7 @@ def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 async def provider(llama_dir: Path) -> AsyncIterator[LocalProvider]:
-    p = LocalProvider("local", BackendConfig(type="local", model_path=str(llama_dir), models=("tiny-llama",),
+    p = LocalProvider("local", LocalBackendConfig(type="local", model_path=str(llama_dir), models=("tiny-llama",),
                                              max_batch_size=6))
     yield p
     await p.aclose()
@@ -82,9 +82,9 @@ async def test_exclusive_forward_returns_logits_and_attentions(provider: LocalPr
 
 async def test_fingerprint_is_stable_across_loads_and_changes_with_the_weights(provider: LocalProvider,
                                                                                 llama_dir: Path, tmp_path: Path) -> None:
-    again = LocalProvider("again", BackendConfig(type="local", model_path=str(llama_dir)))
+    again = LocalProvider("again", LocalBackendConfig(type="local", model_path=str(llama_dir)))
     other_dir = build_tiny_causal_lm(tmp_path / "other", "llama", seed=4)
-    other = LocalProvider("other", BackendConfig(type="local", model_path=str(other_dir)))
+    other = LocalProvider("other", LocalBackendConfig(type="local", model_path=str(other_dir)))
     try:
         assert len(provider.fingerprint) == 32 and again.fingerprint == provider.fingerprint
         assert other.fingerprint != provider.fingerprint
@@ -132,7 +132,7 @@ async def test_completion_prompts_times_n_stream_with_their_indices(provider: Lo
 
 
 async def test_backend_settings_reach_the_engine(llama_dir: Path) -> None:
-    p = LocalProvider("small", BackendConfig(type="local", model_path=str(llama_dir), models=("tiny-llama",),
+    p = LocalProvider("small", LocalBackendConfig(type="local", model_path=str(llama_dir), models=("tiny-llama",),
                                              max_batch_size=2, max_context=40, device="cpu", dtype="float32"))
     try:
         assert p.engine.config.max_batch_size == 2 and p.engine.max_context == 40
@@ -146,4 +146,4 @@ async def test_backend_settings_reach_the_engine(llama_dir: Path) -> None:
         await p.aclose()
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match=r"backends\.gpu: device 'cuda'"):
-            LocalProvider("gpu", BackendConfig(type="local", model_path=str(llama_dir), device="cuda"))
+            LocalProvider("gpu", LocalBackendConfig(type="local", model_path=str(llama_dir), device="cuda"))

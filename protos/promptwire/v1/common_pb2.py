@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apromptwire/v1/common.proto\x12\rpromptwire.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xa7\x01\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x11\n\x04name\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x19\n\x0ctool_call_id\x18\x04 \x01(\tH\x01\x88\x01\x01\x12+\n\ntool_calls\x18\x05 \x03(\x0b\x32\x17.promptwire.v1.ToolCallB\x07\n\x05_nameB\x0f\n\r_tool_call_idJ\x04\x08\x06\x10\n\"S\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12-\n\x08\x66unction\x18\x03 \x01(\x0b\x32\x1b.promptwire.v1.FunctionCall\"/\n\x0c\x46unctionCall\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\targuments\x18\x02 \x01(\t\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\r\"\x8c\x01\n\nStageStats\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x15\n\rtokens_before\x18\x02 \x01(\r\x12\x14\n\x0ctokens_after\x18\x03 \x01(\r\x12\n\n\x02ms\x18\x04 \x01(\x01\x12\x0e\n\x06\x63hoice\x18\x05 \x01(\t\x12&\n\x05\x65xtra\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Structb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apromptwire/v1/common.proto\x12\rpromptwire.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xa7\x01\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x11\n\x04name\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x19\n\x0ctool_call_id\x18\x04 \x01(\tH\x01\x88\x01\x01\x12+\n\ntool_calls\x18\x05 \x03(\x0b\x32\x17.promptwire.v1.ToolCallB\x07\n\x05_nameB\x0f\n\r_tool_call_idJ\x04\x08\x06\x10\n\"S\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12-\n\x08\x66unction\x18\x03 \x01(\x0b\x32\x1b.promptwire.v1.FunctionCall\"/\n\x0c\x46unctionCall\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\targuments\x18\x02 \x01(\t\"j\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\r\x12\x19\n\x11\x61ux_prompt_tokens\x18\x04 \x01(\r\"\x8c\x01\n\nStageStats\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x15\n\rtokens_before\x18\x02 \x01(\r\x12\x14\n\x0ctokens_after\x18\x03 \x01(\r\x12\n\n\x02ms\x18\x04 \x01(\x01\x12\x0e\n\x06\x63hoice\x18\x05 \x01(\t\x12&\n\x05\x65xtra\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Structb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,7 +39,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FUNCTIONCALL']._serialized_start=330
   _globals['_FUNCTIONCALL']._serialized_end=377
   _globals['_USAGE']._serialized_start=379
-  _globals['_USAGE']._serialized_end=458
-  _globals['_STAGESTATS']._serialized_start=461
-  _globals['_STAGESTATS']._serialized_end=601
+  _globals['_USAGE']._serialized_end=485
+  _globals['_STAGESTATS']._serialized_start=488
+  _globals['_STAGESTATS']._serialized_end=628
 # @@protoc_insertion_point(module_scope)

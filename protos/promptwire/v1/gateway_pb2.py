@@ -22,50 +22,51 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from protos.promptwire.v1 import common_pb2 as promptwire_dot_v1_dot_common__pb2
 from protos.promptwire.v1 import compress_pb2 as promptwire_dot_v1_dot_compress__pb2
 from protos.promptwire.v1 import options_pb2 as promptwire_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bpromptwire/v1/gateway.proto\x12\rpromptwire.v1\x1a\x1apromptwire/v1/common.proto\x1a\x1cpromptwire/v1/compress.proto\x1a\x1bpromptwire/v1/options.proto\"\xda\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12/\n\x08sampling\x18\x03 \x01(\x0b\x32\x1d.promptwire.v1.SamplingParams\x12-\n\x06stages\x18\x04 \x01(\x0b\x32\x1d.promptwire.v1.StageOverrides\x12.\n\x07\x64\x65\x63oder\x18\x05 \x01(\x0b\x32\x1d.promptwire.v1.DecoderOptions\x12\x12\n\nrequest_id\x18\x06 \x01(\tJ\x04\x08\x07\x10\x10\"\xf4\x01\n\x0b\x43hatRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12,\n\x08messages\x18\x02 \x03(\x0b\x32\x1a.promptwire.v1.ChatMessage\x12/\n\x08sampling\x18\x03 \x01(\x0b\x32\x1d.promptwire.v1.SamplingParams\x12-\n\x06stages\x18\x04 \x01(\x0b\x32\x1d.promptwire.v1.StageOverrides\x12.\n\x07\x64\x65\x63oder\x18\x05 \x01(\x0b\x32\x1d.promptwire.v1.DecoderOptions\x12\x12\n\nrequest_id\x18\x06 \x01(\tJ\x04\x08\x07\x10\x10\"n\n\x0cTokenLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x01\x12\r\n\x05\x62ytes\x18\x03 \x01(\x0c\x12/\n\x0ctop_logprobs\x18\x04 \x03(\x0b\x32\x19.promptwire.v1.TopLogprob\";\n\nTopLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x01\x12\r\n\x05\x62ytes\x18\x03 \x01(\x0c\"A\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x01\x12\x0f\n\x07logprob\x18\x03 \x01(\x01\"\x80\x02\n\x0b\x43hoiceDelta\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12-\n\x08logprobs\x18\x04 \x03(\x0b\x32\x1b.promptwire.v1.TokenLogprob\x12\x0c\n\x04role\x18\x05 \x01(\t\x12\x30\n\ntool_calls\x18\x06 \x03(\x0b\x32\x1c.promptwire.v1.ToolCallDelta\x12\x0f\n\x07refusal\x18\x07 \x01(\t\x12\x37\n\rfunction_call\x18\x08 \x01(\x0b\x32 .promptwire.v1.FunctionCallDeltaJ\x04\x08\t\x10\x0b\"r\n\rToolCallDelta\x12\r\n\x05index\x18\x01 \x01(\r\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x32\n\x08\x66unction\x18\x04 \x01(\x0b\x32 .promptwire.v1.FunctionCallDeltaJ\x04\x08\x05\x10\t\"4\n\x11\x46unctionCallDelta\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\targuments\x18\x02 \x01(\t\"\x97\x02\n\x10GenerateResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12+\n\x07\x63hoices\x18\x03 \x03(\x0b\x32\x1a.promptwire.v1.ChoiceDelta\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x12#\n\x05usage\x18\x05 \x01(\x0b\x32\x14.promptwire.v1.Usage\x12(\n\x05stats\x18\x06 \x03(\x0b\x32\x19.promptwire.v1.StageStats\x12\x13\n\x0boverhead_ms\x18\x07 \x01(\x01\x12/\n\x0clabel_scores\x18\x08 \x03(\x0b\x32\x19.promptwire.v1.LabelScore\x12\x12\n\nrequest_id\x18\t \x01(\tJ\x04\x08\n\x10\x15\"\x93\x02\n\x0c\x43hatResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12+\n\x07\x63hoices\x18\x03 \x03(\x0b\x32\x1a.promptwire.v1.ChoiceDelta\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x12#\n\x05usage\x18\x05 \x01(\x0b\x32\x14.promptwire.v1.Usage\x12(\n\x05stats\x18\x06 \x03(\x0b\x32\x19.promptwire.v1.StageStats\x12\x13\n\x0boverhead_ms\x18\x07 \x01(\x01\x12/\n\x0clabel_scores\x18\x08 \x03(\x0b\x32\x19.promptwire.v1.LabelScore\x12\x12\n\nrequest_id\x18\t \x01(\tJ\x04\x08\n\x10\x15\"\x13\n\x11ListModelsRequest\"H\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08owned_by\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x03\x12\x10\n\x08provider\x18\x04 \x01(\t\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.promptwire.v1.Model\"\x98\x01\n\x16\x43ondenseHistoryRequest\x12,\n\x08messages\x18\x01 \x03(\x0b\x32\x1a.promptwire.v1.ChatMessage\x12\x36\n\x07options\x18\x02 \x01(\x0b\x32%.promptwire.v1.CondenseHistoryOptions\x12\x12\n\nrequest_id\x18\x03 \x01(\tJ\x04\x08\x04\x10\x10\"B\n\x14\x43ondensedObservation\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05group\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\"\xc6\x01\n\x17\x43ondenseHistoryResponse\x12,\n\x08messages\x18\x01 \x03(\x0b\x32\x1a.promptwire.v1.ChatMessage\x12(\n\x05stats\x18\x02 \x01(\x0b\x32\x19.promptwire.v1.StageStats\x12\x39\n\x0cobservations\x18\x03 \x03(\x0b\x32#.promptwire.v1.CondensedObservation\x12\x12\n\nrequest_id\x18\x04 \x01(\tJ\x04\x08\x05\x10\x10\x32\x9d\x03\n\x07Gateway\x12M\n\x08Generate\x12\x1e.promptwire.v1.GenerateRequest\x1a\x1f.promptwire.v1.GenerateResponse0\x01\x12\x41\n\x04\x43hat\x12\x1a.promptwire.v1.ChatRequest\x1a\x1b.promptwire.v1.ChatResponse0\x01\x12Q\n\nListModels\x12 .promptwire.v1.ListModelsRequest\x1a!.promptwire.v1.ListModelsResponse\x12K\n\x08\x43ompress\x12\x1e.promptwire.v1.CompressRequest\x1a\x1f.promptwire.v1.CompressResponse\x12`\n\x0f\x43ondenseHistory\x12%.promptwire.v1.CondenseHistoryRequest\x1a&.promptwire.v1.CondenseHistoryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bpromptwire/v1/gateway.proto\x12\rpromptwire.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1apromptwire/v1/common.proto\x1a\x1cpromptwire/v1/compress.proto\x1a\x1bpromptwire/v1/options.proto\"\xda\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12/\n\x08sampling\x18\x03 \x01(\x0b\x32\x1d.promptwire.v1.SamplingParams\x12-\n\x06stages\x18\x04 \x01(\x0b\x32\x1d.promptwire.v1.StageOverrides\x12.\n\x07\x64\x65\x63oder\x18\x05 \x01(\x0b\x32\x1d.promptwire.v1.DecoderOptions\x12\x12\n\nrequest_id\x18\x06 \x01(\tJ\x04\x08\x07\x10\x10\"\xf4\x01\n\x0b\x43hatRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12,\n\x08messages\x18\x02 \x03(\x0b\x32\x1a.promptwire.v1.ChatMessage\x12/\n\x08sampling\x18\x03 \x01(\x0b\x32\x1d.promptwire.v1.SamplingParams\x12-\n\x06stages\x18\x04 \x01(\x0b\x32\x1d.promptwire.v1.StageOverrides\x12.\n\x07\x64\x65\x63oder\x18\x05 \x01(\x0b\x32\x1d.promptwire.v1.DecoderOptions\x12\x12\n\nrequest_id\x18\x06 \x01(\tJ\x04\x08\x07\x10\x10\"n\n\x0cTokenLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x01\x12\r\n\x05\x62ytes\x18\x03 \x01(\x0c\x12/\n\x0ctop_logprobs\x18\x04 \x03(\x0b\x32\x19.promptwire.v1.TopLogprob\";\n\nTopLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x01\x12\r\n\x05\x62ytes\x18\x03 \x01(\x0c\"A\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x01\x12\x0f\n\x07logprob\x18\x03 \x01(\x01\"\x80\x02\n\x0b\x43hoiceDelta\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12-\n\x08logprobs\x18\x04 \x03(\x0b\x32\x1b.promptwire.v1.TokenLogprob\x12\x0c\n\x04role\x18\x05 \x01(\t\x12\x30\n\ntool_calls\x18\x06 \x03(\x0b\x32\x1c.promptwire.v1.ToolCallDelta\x12\x0f\n\x07refusal\x18\x07 \x01(\t\x12\x37\n\rfunction_call\x18\x08 \x01(\x0b\x32 .promptwire.v1.FunctionCallDeltaJ\x04\x08\t\x10\x0b\"r\n\rToolCallDelta\x12\r\n\x05index\x18\x01 \x01(\r\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x32\n\x08\x66unction\x18\x04 \x01(\x0b\x32 .promptwire.v1.FunctionCallDeltaJ\x04\x08\x05\x10\t\"4\n\x11\x46unctionCallDelta\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\targuments\x18\x02 \x01(\t\"\xc7\x02\n\x10GenerateResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12+\n\x07\x63hoices\x18\x03 \x03(\x0b\x32\x1a.promptwire.v1.ChoiceDelta\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x12#\n\x05usage\x18\x05 \x01(\x0b\x32\x14.promptwire.v1.Usage\x12(\n\x05stats\x18\x06 \x03(\x0b\x32\x19.promptwire.v1.StageStats\x12\x13\n\x0boverhead_ms\x18\x07 \x01(\x01\x12/\n\x0clabel_scores\x18\x08 \x03(\x0b\x32\x19.promptwire.v1.LabelScore\x12\x12\n\nrequest_id\x18\t \x01(\t\x12.\n\rdecoder_stats\x18\n \x03(\x0b\x32\x17.google.protobuf.StructJ\x04\x08\x0b\x10\x15\"\xc3\x02\n\x0c\x43hatResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12+\n\x07\x63hoices\x18\x03 \x03(\x0b\x32\x1a.promptwire.v1.ChoiceDelta\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x12#\n\x05usage\x18\x05 \x01(\x0b\x32\x14.promptwire.v1.Usage\x12(\n\x05stats\x18\x06 \x03(\x0b\x32\x19.promptwire.v1.StageStats\x12\x13\n\x0boverhead_ms\x18\x07 \x01(\x01\x12/\n\x0clabel_scores\x18\x08 \x03(\x0b\x32\x19.promptwire.v1.LabelScore\x12\x12\n\nrequest_id\x18\t \x01(\t\x12.\n\rdecoder_stats\x18\n \x03(\x0b\x32\x17.google.protobuf.StructJ\x04\x08\x0b\x10\x15\"\x13\n\x11ListModelsRequest\"H\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08owned_by\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x03\x12\x10\n\x08provider\x18\x04 \x01(\t\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.promptwire.v1.Model\"\x98\x01\n\x16\x43ondenseHistoryRequest\x12,\n\x08messages\x18\x01 \x03(\x0b\x32\x1a.promptwire.v1.ChatMessage\x12\x36\n\x07options\x18\x02 \x01(\x0b\x32%.promptwire.v1.CondenseHistoryOptions\x12\x12\n\nrequest_id\x18\x03 \x01(\tJ\x04\x08\x04\x10\x10\"B\n\x14\x43ondensedObservation\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05group\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\"\xc6\x01\n\x17\x43ondenseHistoryResponse\x12,\n\x08messages\x18\x01 \x03(\x0b\x32\x1a.promptwire.v1.ChatMessage\x12(\n\x05stats\x18\x02 \x01(\x0b\x32\x19.promptwire.v1.StageStats\x12\x39\n\x0cobservations\x18\x03 \x03(\x0b\x32#.promptwire.v1.CondensedObservation\x12\x12\n\nrequest_id\x18\x04 \x01(\tJ\x04\x08\x05\x10\x10\x32\x9d\x03\n\x07Gateway\x12M\n\x08Generate\x12\x1e.promptwire.v1.GenerateRequest\x1a\x1f.promptwire.v1.GenerateResponse0\x01\x12\x41\n\x04\x43hat\x12\x1a.promptwire.v1.ChatRequest\x1a\x1b.promptwire.v1.ChatResponse0\x01\x12Q\n\nListModels\x12 .promptwire.v1.ListModelsRequest\x1a!.promptwire.v1.ListModelsResponse\x12K\n\x08\x43ompress\x12\x1e.promptwire.v1.CompressRequest\x1a\x1f.promptwire.v1.CompressResponse\x12`\n\x0f\x43ondenseHistory\x12%.promptwire.v1.CondenseHistoryRequest\x1a&.promptwire.v1.CondenseHistoryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'promptwire.v1.gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GENERATEREQUEST']._serialized_start=134
-  _globals['_GENERATEREQUEST']._serialized_end=352
-  _globals['_CHATREQUEST']._serialized_start=355
-  _globals['_CHATREQUEST']._serialized_end=599
-  _globals['_TOKENLOGPROB']._serialized_start=601
-  _globals['_TOKENLOGPROB']._serialized_end=711
-  _globals['_TOPLOGPROB']._serialized_start=713
-  _globals['_TOPLOGPROB']._serialized_end=772
-  _globals['_LABELSCORE']._serialized_start=774
-  _globals['_LABELSCORE']._serialized_end=839
-  _globals['_CHOICEDELTA']._serialized_start=842
-  _globals['_CHOICEDELTA']._serialized_end=1098
-  _globals['_TOOLCALLDELTA']._serialized_start=1100
-  _globals['_TOOLCALLDELTA']._serialized_end=1214
-  _globals['_FUNCTIONCALLDELTA']._serialized_start=1216
-  _globals['_FUNCTIONCALLDELTA']._serialized_end=1268
-  _globals['_GENERATERESPONSE']._serialized_start=1271
-  _globals['_GENERATERESPONSE']._serialized_end=1550
-  _globals['_CHATRESPONSE']._serialized_start=1553
-  _globals['_CHATRESPONSE']._serialized_end=1828
-  _globals['_LISTMODELSREQUEST']._serialized_start=1830
-  _globals['_LISTMODELSREQUEST']._serialized_end=1849
-  _globals['_MODEL']._serialized_start=1851
-  _globals['_MODEL']._serialized_end=1923
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1925
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1983
-  _globals['_CONDENSEHISTORYREQUEST']._serialized_start=1986
-  _globals['_CONDENSEHISTORYREQUEST']._serialized_end=2138
-  _globals['_CONDENSEDOBSERVATION']._serialized_start=2140
-  _globals['_CONDENSEDOBSERVATION']._serialized_end=2206
-  _globals['_CONDENSEHISTORYRESPONSE']._serialized_start=2209
-  _globals['_CONDENSEHISTORYRESPONSE']._serialized_end=2407
-  _globals['_GATEWAY']._serialized_start=2410
-  _globals['_GATEWAY']._serialized_end=2823
+  _globals['_GENERATEREQUEST']._serialized_start=164
+  _globals['_GENERATEREQUEST']._serialized_end=382
+  _globals['_CHATREQUEST']._serialized_start=385
+  _globals['_CHATREQUEST']._serialized_end=629
+  _globals['_TOKENLOGPROB']._serialized_start=631
+  _globals['_TOKENLOGPROB']._serialized_end=741
+  _globals['_TOPLOGPROB']._serialized_start=743
+  _globals['_TOPLOGPROB']._serialized_end=802
+  _globals['_LABELSCORE']._serialized_start=804
+  _globals['_LABELSCORE']._serialized_end=869
+  _globals['_CHOICEDELTA']._serialized_start=872
+  _globals['_CHOICEDELTA']._serialized_end=1128
+  _globals['_TOOLCALLDELTA']._serialized_start=1130
+  _globals['_TOOLCALLDELTA']._serialized_end=1244
+  _globals['_FUNCTIONCALLDELTA']._serialized_start=1246
+  _globals['_FUNCTIONCALLDELTA']._serialized_end=1298
+  _globals['_GENERATERESPONSE']._serialized_start=1301
+  _globals['_GENERATERESPONSE']._serialized_end=1628
+  _globals['_CHATRESPONSE']._serialized_start=1631
+  _globals['_CHATRESPONSE']._serialized_end=1954
+  _globals['_LISTMODELSREQUEST']._serialized_start=1956
+  _globals['_LISTMODELSREQUEST']._serialized_end=1975
+  _globals['_MODEL']._serialized_start=1977
+  _globals['_MODEL']._serialized_end=2049
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2051
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2109
+  _globals['_CONDENSEHISTORYREQUEST']._serialized_start=2112
+  _globals['_CONDENSEHISTORYREQUEST']._serialized_end=2264
+  _globals['_CONDENSEDOBSERVATION']._serialized_start=2266
+  _globals['_CONDENSEDOBSERVATION']._serialized_end=2332
+  _globals['_CONDENSEHISTORYRESPONSE']._serialized_start=2335
+  _globals['_CONDENSEHISTORYRESPONSE']._serialized_end=2533
+  _globals['_GATEWAY']._serialized_start=2536
+  _globals['_GATEWAY']._serialized_end=2949
 # @@protoc_insertion_point(module_scope)

@@ -67,7 +67,8 @@ def cases(tok, n: int) -> list[tuple[list[int], list[int], int]]:
 
 
 def thresholds(model, tok) -> dict[str, float]:
-    """Each measure's median over plain greedy steps of other prompts: about half the steps contrast."""
+    """Each measure's median over plain greedy steps: about half the steps contrast. The midpoint between two
+    measured values, so no step sits on the threshold (where float noise would decide the gate)."""
     values: dict[str, list[float]] = {m: [] for m in MEASURES}
     with torch.no_grad():
         for main, _, _ in cases(tok, 6):
@@ -77,7 +78,7 @@ def thresholds(model, tok) -> dict[str, float]:
                 for m in MEASURES:
                     values[m].append(measure_of(p, m))
                 ids.append(int(p.argmax()))
-    return {m: sorted(v)[len(v) // 2] for m, v in values.items()}
+    return {m: (sorted(v)[len(v) // 2 - 1] + sorted(v)[len(v) // 2]) / 2 for m, v in values.items()}
 
 
 def run_engine(model, tok, items, options: dict, batched: bool) -> list[tuple[list[int], dict]]:
