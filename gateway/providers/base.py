@@ -50,7 +50,7 @@ class Provider(Protocol):
         ...
 
 
-# A provider that serves a model in-process may also offer ``model_access() -> ModelAccess``
+# A provider that serves a model in-process (the local provider) also implements ModelAccess
 # (gateway.stages.base): model-bound stages (IDP) use that model through it, and only such a
 # provider accepts ``GatewayRequest.soft_prompt``.
 

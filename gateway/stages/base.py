@@ -252,10 +252,6 @@ class StageDeps:
         if prov is None:
             known = ", ".join(sorted(self.providers)) or "none"
             raise ConfigError(f"{key}: {backend!r} is not a key of backends (known: {known})")
-        access = getattr(prov, "model_access", None)
-        if access is not None:
-            result: ModelAccess = access()
-            return result
         if isinstance(prov, ModelAccess):  # the local provider is its own ModelAccess
             return prov
         kind = self.config.backend(backend).type if backend in self.config.backends else "?"
