@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from typing import Any
 
 import pytest
@@ -36,46 +37,52 @@ async def test_sequential_requests_share_one_connection(make_upstream: Any) -> N
         pool.close()
 
 
+async def _until(cond: Any, timeout: float = 20.0) -> None:
+    """Yield to the loop until ``cond()`` holds (a state the loop reaches, not a time); the bound only
+    stops a test that would hang."""
+    async with asyncio.timeout(timeout):
+        while not cond():
+            await asyncio.sleep(0)
+
+
 async def test_max_connections_caps_open_connections_and_queues_the_rest(make_upstream: Any) -> None:
-    up = make_upstream(latency_s=0.05)
+    hold = threading.Event()
+    up = make_upstream(hold=hold)
     pool = HTTP1Pool(up.url, max_connections=2)
     try:
-        peak = 0
-
-        async def watch() -> None:
-            nonlocal peak
-            while True:
-                peak = max(peak, pool.open_connections)
-                await asyncio.sleep(0.005)
-
-        watcher = asyncio.create_task(watch())
-        bodies = await asyncio.gather(*[_one(pool) for _ in range(8)])
-        watcher.cancel()
+        requests = asyncio.gather(*[_one(pool) for _ in range(8)])
+        await asyncio.to_thread(up.wait_arrived, 2)  # two held upstream; the other six wait for a slot
+        await _until(lambda: pool.waiting == 6)
+        assert pool.open_connections == 2 and up.app.generation_requests == 2
+        hold.set()
+        bodies = await requests
         assert all(json.loads(b)["choices"] for b in bodies)
         assert up.app.generation_requests == 8
         assert len(up.app.connections) == 2
-        assert peak == 2
         assert pool.waiting == 0
     finally:
+        hold.set()
         pool.close()
 
 
 async def test_a_cancelled_waiter_does_not_take_a_slot(make_upstream: Any) -> None:
-    up = make_upstream(latency_s=0.2)
+    hold = threading.Event()
+    up = make_upstream(hold=hold)
     pool = HTTP1Pool(up.url, max_connections=1)
     try:
         first = asyncio.create_task(_one(pool))
-        await asyncio.sleep(0.05)  # first holds the only connection
+        await asyncio.to_thread(up.wait_arrived, 1)  # first holds the only connection
         queued = asyncio.create_task(_one(pool))
-        await asyncio.sleep(0.01)
-        assert pool.waiting == 1
+        await _until(lambda: pool.waiting == 1)
         queued.cancel()
         with pytest.raises(asyncio.CancelledError):
             await queued
+        hold.set()
         await first
-        await asyncio.wait_for(_one(pool), 2.0)  # the slot came back: the next request gets it
+        await asyncio.wait_for(_one(pool), 10.0)  # the slot came back: the next request gets it
         assert len(up.app.connections) == 1
     finally:
+        hold.set()
         pool.close()
 
 
@@ -270,21 +277,26 @@ async def test_a_close_delimited_body_is_complete_at_eof(version: bytes, extra: 
 
 
 async def test_bytes_on_an_idle_connection_never_answer_the_next_request() -> None:
+    idle = asyncio.Event()
+    stray_sent = asyncio.Event()
+
     async def script(n: int, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
         w.write(_reply(b'"reply %d"' % n))
         await w.drain()
         if n == 1 and up.connections == 1:  # then, unasked, a whole second response while it sits idle
-            await asyncio.sleep(0.05)
+            await idle.wait()
             w.write(_reply(b'"unsolicited"'))
             await w.drain()
+            stray_sent.set()
         return True
 
     async with _Raw(script) as up:
         pool = HTTP1Pool(up.url)
         try:
             assert await _ask(pool) == b'"reply 1"'
-            await asyncio.sleep(0.2)
-            assert pool.open_connections == 0  # the stray bytes closed the idle connection
+            idle.set()  # the reply was read and the connection pooled: now the stray bytes
+            await stray_sent.wait()
+            await _until(lambda: pool.open_connections == 0)  # the stray bytes closed the idle connection
             assert await _ask(pool) == b'"reply 1"'  # a new connection: its first reply, not the stray one
             assert await _ask(pool) == b'"reply 2"'
             assert up.connections == 2
@@ -310,28 +322,26 @@ async def test_bytes_after_a_complete_response_keep_the_response_and_drop_the_co
 
 async def test_only_a_drop_right_after_the_write_counts_as_a_stale_connection(monkeypatch: Any) -> None:
     """A reused connection closed with no reply is stale (safe to resend) only when the close comes
-    at once; one the upstream held for a while may have run the request: that is a broken response."""
+    within _STALE_WINDOW_S of the write; one the upstream held longer may have run the request: that is a
+    broken response. The window is set to always / never instead of racing a clock."""
     from gateway.providers import http1
     from gateway.providers.http1 import ProtocolError, StaleConnection
-
-    monkeypatch.setattr(http1, "_STALE_WINDOW_S", 0.3)
-    hold = 0.0
 
     async def script(n: int, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
         if n == 1:
             w.write(_reply(b"{}"))
             await w.drain()
             return True
-        await asyncio.sleep(hold)
         return False  # close without a reply
 
     async with _Raw(script) as up:
         pool = HTTP1Pool(up.url)
         try:
+            monkeypatch.setattr(http1, "_STALE_WINDOW_S", 1e9)  # any close counts as "at once"
             await _ask(pool)
             with pytest.raises(StaleConnection):
                 await _ask(pool)
-            hold = 0.5
+            monkeypatch.setattr(http1, "_STALE_WINDOW_S", -1.0)  # any close counts as "held a while"
             await _ask(pool)
             with pytest.raises(ProtocolError) as e:
                 await _ask(pool)
@@ -355,13 +365,13 @@ async def test_fresh_skips_idle_connections_and_keeps_the_cap() -> None:
 async def test_done_without_the_terminating_chunk_gives_the_slot_back(monkeypatch: Any) -> None:
     from gateway.providers import http1
 
-    monkeypatch.setattr(http1, "_END_GRACE_S", 0.2)
+    monkeypatch.setattr(http1, "_END_GRACE_S", 0.01)
 
     async def script(n: int, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
         w.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
         w.write(b"e\r\ndata: [DONE]\n\n\r\n")  # and then never the terminating 0-chunk
         await w.drain()
-        await asyncio.sleep(30)
+        await asyncio.Event().wait()  # silent until the test ends
         return False
 
     async with _Raw(script) as up:
@@ -373,8 +383,7 @@ async def test_done_without_the_terminating_chunk_gives_the_slot_back(monkeypatc
                     break
             resp.release_at_end()
             assert pool.open_connections == 1
-            await asyncio.sleep(0.4)
-            assert pool.open_connections == 0  # closed, not parked forever holding the only slot
+            await _until(lambda: pool.open_connections == 0)  # closed, not parked forever holding the only slot
         finally:
             pool.close()
 
@@ -462,7 +471,7 @@ async def test_a_wait_cut_by_the_deadline_says_so(make_upstream: Any) -> None:
 
     from gateway.providers.http1 import ReadTimeout
 
-    up = make_upstream(latency_s=2.0)
+    up = make_upstream(latency_s=600.0)  # never answers within the test
     pool = HTTP1Pool(up.url)
     try:
         with pytest.raises(ReadTimeout, match="time limit"):  # not "sent nothing within the read timeout"

@@ -59,6 +59,9 @@ class Knobs:
     gate: threading.Event | None = None
     """Streams: after the first chunk, wait until this is set (holds a request in flight, e.g. across a
     SIGTERM, without timing)."""
+    hold: threading.Event | None = None
+    """Every generation request waits for this before it is answered (``UpstreamServer.wait_arrived(n)``
+    then says when n of them are held): concurrency without timing."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,8 @@ class _App:
         self.disconnects = 0
         """Streams whose client went away before the stream ended."""
         self.generation_requests = 0
+        self.arrived = threading.Condition()
+        """Notified as each generation request arrives (see ``UpstreamServer.wait_arrived``)."""
         self.connections: set[tuple[str, int]] = set()
         """Client (host, port) pairs seen: one per TCP connection the upstream was sent requests on."""
         self._seq = 0
@@ -125,6 +130,10 @@ class _App:
             await self._send(send, 404, _error(404, f"no route {path}", "invalid_request_error"))
             return
         self.generation_requests += 1
+        with self.arrived:
+            self.arrived.notify_all()
+        if k.hold is not None:
+            await asyncio.to_thread(k.hold.wait, 60.0)
         if k.fail_next > 0:
             k.fail_next -= 1
             extra = [(b"retry-after", k.retry_after.encode())] if k.retry_after is not None else []
@@ -297,6 +306,13 @@ class UpstreamServer:
     @property
     def requests(self) -> list[RecordedRequest]:
         return self.app.requests
+
+    def wait_arrived(self, n: int, timeout: float = 30.0) -> None:
+        """Block until ``n`` generation requests have arrived in all (no polling: a condition variable)."""
+        app = self.app
+        with app.arrived:
+            if not app.arrived.wait_for(lambda: app.generation_requests >= n, timeout):
+                raise TimeoutError(f"{app.generation_requests} of {n} requests arrived within {timeout} s")
 
     @property
     def url(self) -> str:
