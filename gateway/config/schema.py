@@ -162,6 +162,9 @@ class OpenAIBackendConfig(_Backend):
     timeouts: TimeoutConfig = Field(default_factory=TimeoutConfig)
     retries: RetryConfig = Field(default_factory=RetryConfig)
     max_connections: int = Field(default=512, gt=0)
+    max_response_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    """Largest whole response (and largest streamed event) taken from this upstream; more is a 502
+    (the connection is dropped), so a runaway upstream cannot fill the gateway's memory."""
     headers: Mapping[str, str] = Field(default_factory=dict)
     """Extra headers sent upstream with every request."""
     tls_ca_file: str | None = None

@@ -14,7 +14,8 @@ from urllib.parse import urlsplit
 import httptools
 
 __all__ = [
-    "CertificateError", "ConnectError", "HTTP1Pool", "ProtocolError", "ReadTimeout", "Response", "StaleConnection",
+    "CertificateError", "ConnectError", "HTTP1Pool", "ProtocolError", "ReadTimeout", "Response", "ResponseTooLarge",
+    "StaleConnection",
 ]
 
 
@@ -33,6 +34,10 @@ class StaleConnection(ConnectionError):
 
 class ProtocolError(ConnectionError):
     """The connection broke or the bytes were not HTTP: the response is incomplete."""
+
+
+class ResponseTooLarge(ProtocolError):
+    """The upstream's body (or one line of a stream) is over the size limit: the response is dropped."""
 
 
 class ReadTimeout(TimeoutError):
@@ -283,16 +288,25 @@ class Response:
     def _timeout(self) -> float | None:
         return _cut(self._read_timeout, self._deadline)
 
-    async def read(self) -> bytes:
+    async def read(self, limit: int | None = None) -> bytes:
+        """The whole body; ResponseTooLarge (the connection dropped) once more than ``limit`` bytes came."""
         conn = self._conn
         while not conn.done:
+            if limit is not None and conn.buffered > limit:
+                self.close()
+                raise ResponseTooLarge(f"the upstream's response is over the limit of {limit} bytes")
             await conn.wait(self._timeout(), self._deadline)
+        if limit is not None and conn.buffered > limit:
+            self.close()
+            raise ResponseTooLarge(f"the upstream's response is over the limit of {limit} bytes")
         body = b"".join(conn.chunks)
         conn.drop_buffered()
         return body
 
-    async def lines(self) -> AsyncIterator[bytes]:
-        """The body split into lines (without the line break), as they arrive."""
+    async def lines(self, max_line: int | None = None, *, tail: bool = True) -> AsyncIterator[bytes]:
+        """The body split into lines (without the line break), as they arrive. ``max_line``: a line longer
+        than that is ResponseTooLarge. ``tail``: yield a last line that has no line break (False for SSE,
+        where an event cut off by the end of the body is never complete)."""
         conn = self._conn
         conn.flow_control = True
         buf = b""
@@ -304,9 +318,13 @@ class Response:
                     if i < 0:
                         break
                     line, buf = buf[:i], buf[i + 1 :]
+                    if max_line is not None and len(line) > max_line:
+                        raise ResponseTooLarge(f"a line of the upstream's stream is over the limit of {max_line} bytes")
                     yield line.rstrip(b"\r")
+                if max_line is not None and len(buf) > max_line:
+                    raise ResponseTooLarge(f"a line of the upstream's stream is over the limit of {max_line} bytes")
             if conn.done:
-                if buf:
+                if buf and tail:
                     yield buf
                 return
             await conn.wait(self._timeout(), self._deadline)

@@ -24,6 +24,7 @@ from gateway.providers.http1 import (
     ProtocolError,
     ReadTimeout,
     Response,
+    ResponseTooLarge,
     StaleConnection,
 )
 from gateway.types import Completion, GatewayRequest, ModelInfo, StreamChunk
@@ -53,6 +54,8 @@ def upstream_errors(backend: str, url: str) -> Iterator[None]:
         raise UpstreamError(f"backend {backend!r}: cannot connect to the upstream: {e}") from e
     except (ReadTimeout, TimeoutError) as e:
         raise RequestTimeout(f"backend {backend!r}: upstream timed out ({e or 'read timeout'})") from e
+    except ResponseTooLarge as e:
+        raise UpstreamError(f"backend {backend!r}: {e}") from e
     except (ProtocolError, StaleConnection) as e:
         raise UpstreamError(f"backend {backend!r}: upstream broke off the response: {e}") from e
     except OSError as e:
@@ -244,7 +247,7 @@ class OpenAIProvider:
                 resp = await self._post(self._path(req), req, deadline)
                 with upstream_errors(self.name, url):
                     try:
-                        raw = await resp.read()
+                        raw = await resp.read(self.config.max_response_bytes)
                     finally:
                         resp.release()
                     body = json.loads(raw.decode())
@@ -267,7 +270,8 @@ class OpenAIProvider:
         done = False
         try:
             with upstream_errors(self.name, url):
-                async for line in resp.lines():
+                # an event cut off by the end of the body is never complete (tail=False): dropped, not relayed
+                async for line in resp.lines(self.config.max_response_bytes, tail=False):
                     if time.monotonic() > deadline:
                         raise RequestTimeout(f"backend {self.name!r}: the stream ran past its time limit")
                     if not line.startswith(b"data:"):
@@ -278,7 +282,12 @@ class OpenAIProvider:
                         break
                     if b'"error"' in payload[:48]:  # OpenAI/vLLM error objects lead with it; chunks never do
                         self._raise_stream_error(payload)
-                    yield StreamChunk(raw=payload)
+                    # parsed here (a few µs) so that a malformed chunk ends the stream with an error instead
+                    # of reaching the client; the raw bytes are still what is relayed
+                    data = json.loads(payload)
+                    if not isinstance(data, dict):
+                        raise UpstreamError(f"backend {self.name!r} sent a stream chunk that is not a JSON object")
+                    yield StreamChunk(data, raw=payload)
             if not done:
                 raise UpstreamError(f"backend {self.name!r} ended the stream without [DONE]")
         finally:

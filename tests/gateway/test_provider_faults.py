@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.faults import read_request
 from tests.support.proxy import RunningProxy
 
 Handler = Callable[[dict[str, Any], asyncio.StreamWriter], Awaitable[bool]]
@@ -45,16 +46,9 @@ class _Scripted:
         self.connections += 1
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                lines = head.decode("latin-1").split("\r\n")
-                length = 0
-                for line in lines[1:]:
-                    k, _, v = line.partition(":")
-                    if k.strip().lower() == "content-length":
-                        length = int(v)
-                raw = await reader.readexactly(length)
+                path, raw = await read_request(reader)
                 req = json.loads(raw) if raw else {}
-                req["_path"] = lines[0].split(" ")[1]
+                req["_path"] = path
                 self.requests.append(req)
                 if not await self.handler(req, writer):
                     break
