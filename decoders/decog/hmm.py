@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -73,6 +75,8 @@ class HMM:
         self.eos_token_id = int(eos_token_id)
         self.fingerprint = fingerprint
         self.meta = dict(meta or {})
+        self.uid = uuid.uuid4().hex
+        """Identifies this HMM object in cache keys (two HMMs never share a backward table)."""
 
     # -- construction -----------------------------------------------------------------------------------
 
@@ -112,7 +116,28 @@ class HMM:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.log_initial, self.log_transition, self.log_emission))
+        """Parameters plus the probability-space copies decoding keeps (about 4x the parameters)."""
+        return 4 * sum(t.numel() * t.element_size() for t in (self.log_initial, self.log_transition, self.log_emission))
+
+    @functools.cached_property
+    def emission(self) -> torch.Tensor:
+        """(h, V) emission probabilities (computed once)."""
+        return self.log_emission.exp()
+
+    @functools.cached_property
+    def transition(self) -> torch.Tensor:
+        """(h, h) transition probabilities (computed once)."""
+        return self.log_transition.exp()
+
+    @functools.cached_property
+    def emission_by_token(self) -> torch.Tensor:
+        """(V, h) emission probabilities, one contiguous row per token."""
+        return self.emission.t().contiguous()
+
+    @functools.cached_property
+    def log_emission_by_token(self) -> torch.Tensor:
+        """(V, h) log emission, one contiguous row per token (what a decoding step reads)."""
+        return self.log_emission.t().contiguous()
 
     @property
     def device(self) -> torch.device:

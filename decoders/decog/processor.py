@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -15,7 +16,8 @@ from decoders.formats import FORMAT_KINDS, FormatError, compile_format
 from decoders.processor import DecoderContext, DecoderOptionError
 from decoders.resources import ResourceCache
 
-__all__ = ["OPTIONS", "build_decog", "format_index", "load_hmms", "parse_options", "table_for"]
+__all__ = ["OPTIONS", "DecogSetup", "build", "build_decog", "format_index", "load_hmms", "parse_options", "prepare",
+           "table_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,26 +49,60 @@ def parse_options(options: Mapping[str, Any]) -> tuple[str, str, str, int | None
     return kind, source, name, top_k
 
 
-def load_hmms(paths: Mapping[str, str], tokenizer: Any, device: torch.device | str = "cpu") -> dict[str, HMM]:
-    """Load every configured HMM and check it was distilled for ``tokenizer`` (HMMError names the HMM)."""
+@dataclass(frozen=True)
+class DecogSetup:
+    """The ``decoders.decog`` section loaded for one model: what ``build`` receives as ``ctx.config``."""
+
+    hmms: Mapping[str, HMM]
+    """HMMs distilled for this model's tokenizer, by name."""
+    mismatched: Mapping[str, str] = field(default_factory=dict)
+    """Configured HMMs made for another tokenizer: name -> why (a request naming one is a 400)."""
+
+
+def load_hmms(paths: Mapping[str, str], tokenizer: Any, device: torch.device | str = "cpu") -> DecogSetup:
+    """Load every configured HMM; those distilled for another tokenizer are set aside with the reason.
+
+    A missing or malformed file is an :class:`HMMError` naming the HMM."""
     fingerprint = tokenizer_fingerprint(tokenizer)
-    out: dict[str, HMM] = {}
+    hmms: dict[str, HMM] = {}
+    mismatched: dict[str, str] = {}
     for name, path in paths.items():
         try:
-            hmm = HMM.load(path, fingerprint=fingerprint, device=device)
+            hmm = HMM.load(path)
         except HMMError as exc:
             raise HMMError(f"HMM {name!r}: {exc}") from exc
-        if hmm.vocab_size > len(tokenizer) + 1024 or hmm.vocab_size < len(tokenizer):
-            raise HMMError(f"HMM {name!r}: vocabulary {hmm.vocab_size} does not match the tokenizer's {len(tokenizer)}")
-        out[name] = hmm
-    return out
+        if hmm.fingerprint != fingerprint:
+            mismatched[name] = f"HMM {name!r} ({path}) was distilled for a different tokenizer than this model's"
+            continue
+        if hmm.vocab_size != len(tokenizer):
+            raise HMMError(f"HMM {name!r}: vocabulary {hmm.vocab_size} does not match the tokenizer's "
+                           f"{len(tokenizer)}")
+        hmms[name] = hmm.to(device)
+    return DecogSetup(hmms, mismatched)
+
+
+def prepare(section: Mapping[str, Any], ctx: DecoderContext) -> DecogSetup:
+    """Load ``decoders.decog`` (``{"hmms": {name: path}}``) for the model of ``ctx``, at start.
+
+    Raises ValueError (HMMError) for a missing or malformed file, or when HMMs are configured and none of
+    them was distilled for this model's tokenizer; a partial match is logged and kept."""
+    paths = dict(section.get("hmms") or {})
+    setup = load_hmms(paths, ctx.tokenizer, ctx.device)
+    if paths and not setup.hmms:
+        raise HMMError("none of the configured HMMs was distilled for this model's tokenizer ("
+                       + "; ".join(setup.mismatched.values()) + ")")
+    for why in setup.mismatched.values():
+        logger.warning("decog: %s; requests naming it on this model get a 400", why)
+    logger.info("decog: %d HMM(s) ready: %s", len(setup.hmms),
+                ", ".join(f"{n} (h={h.hidden_states})" for n, h in setup.hmms.items()) or "none")
+    return setup
 
 
 def format_index(kind: str, source: str, ctx: DecoderContext, device: torch.device) -> FormatIndex:
     """The compiled format (cached per model); FormatError -> DecoderOptionError naming the format."""
 
     def build() -> FormatIndex:
-        return FormatIndex(compile_format(kind, source, ctx.tokenizer, ctx.resources), device)
+        return FormatIndex(compile_format(kind, source, ctx.tokenizer, ctx.resources), device, ctx.vocab_size)
 
     try:
         index: FormatIndex = ctx.resources.get_or_build(("decog.format", kind, source, str(device)), build)
@@ -102,12 +138,21 @@ def table_for(resources: ResourceCache, hmm_key: str, hmm: HMM, index: FormatInd
     return table, False
 
 
-def build_decog(options: Mapping[str, Any], ctx: DecoderContext, hmms: Mapping[str, HMM]) -> DecogProcessor:
+def build(options: Mapping[str, Any], ctx: DecoderContext) -> DecogProcessor:
+    """The gateway table's factory: HMMs come from ``ctx.config`` (what :func:`prepare` loaded at start)."""
+    setup = ctx.config if isinstance(ctx.config, DecogSetup) else DecogSetup({})
+    return build_decog(options, ctx, setup.hmms, setup.mismatched)
+
+
+def build_decog(options: Mapping[str, Any], ctx: DecoderContext, hmms: Mapping[str, HMM],
+                mismatched: Mapping[str, str] | None = None) -> DecogProcessor:
     """One request's Deco-G processor; bad options -> DecoderOptionError naming the option."""
     kind, source, name, top_k = parse_options(options)
     hmm = hmms.get(name)
     if hmm is None:
-        known = ", ".join(sorted(hmms)) or "none configured"
+        if mismatched and name in mismatched:
+            raise DecoderOptionError(f"{mismatched[name]}; it cannot steer this model", _P + "hmm")
+        known = ", ".join(sorted(hmms)) or "none configured in decoders.decog.hmms"
         raise DecoderOptionError(f"unknown HMM {name!r} (available: {known})", _P + "hmm")
     index = format_index(kind, source, ctx, hmm.device)
     budget = ctx.max_new_tokens
@@ -115,5 +160,5 @@ def build_decog(options: Mapping[str, Any], ctx: DecoderContext, hmms: Mapping[s
         raise DecoderOptionError(
             f"the {kind} cannot be completed within max_tokens={budget}: its shortest output takes "
             f"{index.dfa.min_tokens} tokens", f"{_P}format.{kind}")
-    table, cached = table_for(ctx.resources, f"{name}@{hmm.fingerprint}", hmm, index, budget)
+    table, cached = table_for(ctx.resources, hmm.uid, hmm, index, budget)
     return DecogProcessor(index, table, hmm, ctx.eos_token_ids, budget, top_k, cached)

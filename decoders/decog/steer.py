@@ -25,25 +25,37 @@ _FLOOR = -1e4  # an allowed token never goes to -inf, whatever the HMM says (com
 
 @dataclass(frozen=True)
 class StateIndex:
-    """One DFA state's outgoing tokens as tensors: ``ids`` sorted, ``rows[i]`` = which successor ``ids[i]``
-    leads to, ``dsts`` / ``dist`` = the successors and their distance to acceptance."""
+    """One DFA state's outgoing tokens: ``ids`` sorted, ``rows[i]`` = which successor ``ids[i]`` leads to,
+    ``dsts`` / ``dist`` = the successors and their distance to acceptance (tensors on the format's device,
+    plus numpy copies for the per-token lookups of ``advance``)."""
 
     ids: torch.Tensor
     """(m,) int64."""
     rows: torch.Tensor
     """(m,) int64 into ``dsts``."""
+    flat: torch.Tensor
+    """(m,) int64: ``rows * m + arange(m)``, picks each id's own successor row from an (n+1, m) matrix."""
     dsts: torch.Tensor
     """(n,) int64."""
     dist: torch.Tensor
     """(n,) int64."""
+    max_dist: int
+    """Largest successor distance: with at least this many tokens left after the next, nothing is filtered."""
+    ids_np: np.ndarray
+    dst_of: np.ndarray
+    """(m,) the successor of each id in ``ids_np``."""
+    mask: torch.Tensor
+    """(V,) bool: the ids, as a mask."""
 
 
 class FormatIndex:
     """A :class:`TokenDFA` with per-state tensors built on first use (shared by every request of the format)."""
 
-    def __init__(self, dfa: TokenDFA, device: torch.device | str = "cpu") -> None:
+    def __init__(self, dfa: TokenDFA, device: torch.device | str = "cpu", width: int | None = None) -> None:
         self.dfa = dfa
         self.device = torch.device(device)
+        self.width = width if width is not None else dfa.vocab_size
+        """Logits width V (may exceed the tokenizer's vocabulary)."""
         self._states: dict[int, StateIndex] = {}
 
     def state(self, s: int) -> StateIndex:
@@ -54,27 +66,37 @@ class FormatIndex:
             ids = np.concatenate(sets) if sets else np.empty(0, dtype=np.int64)
             rows = np.repeat(np.arange(len(sets)), [len(x) for x in sets]).astype(np.int64)
             order = np.argsort(ids, kind="stable")
+            ids, rows = ids[order], rows[order]
             dsts = np.asarray([d for _, d in edges], dtype=np.int64)
+            dist = self.dfa.dist[dsts].astype(np.int64)
+            mask = torch.zeros(self.width, dtype=torch.bool)
+            mask[torch.from_numpy(ids)] = True
+            dev = self.device
             hit = StateIndex(
-                torch.from_numpy(ids[order]).to(self.device),
-                torch.from_numpy(rows[order]).to(self.device),
-                torch.from_numpy(dsts).to(self.device),
-                torch.from_numpy(self.dfa.dist[dsts].astype(np.int64)).to(self.device),
+                ids=torch.from_numpy(ids).to(dev),
+                rows=torch.from_numpy(rows).to(dev),
+                flat=torch.from_numpy(rows * len(ids) + np.arange(len(ids))).to(dev),
+                dsts=torch.from_numpy(dsts).to(dev),
+                dist=torch.from_numpy(dist).to(dev),
+                max_dist=int(dist.max()) if dist.size else 0,
+                ids_np=ids,
+                dst_of=dsts[rows],
+                mask=mask.to(dev),
             )
             self._states[s] = hit
         return hit
 
     def next_state(self, s: int, token: int) -> int:
         st = self.state(s)
-        j = int(torch.searchsorted(st.ids, torch.tensor(token, device=st.ids.device)))
-        if j < st.ids.numel() and int(st.ids[j]) == token:
-            return int(st.dsts[st.rows[j]])
+        j = int(np.searchsorted(st.ids_np, token))
+        if j < st.ids_np.size and int(st.ids_np[j]) == token:
+            return int(st.dst_of[j])
         return -1
 
     @property
     def nbytes(self) -> int:
-        per = sum(sum(t.numel() * t.element_size() for t in (x.ids, x.rows, x.dsts, x.dist))
-                  for x in self._states.values())
+        per = sum(sum(t.numel() * t.element_size() for t in (x.ids, x.rows, x.flat, x.dsts, x.dist, x.mask))
+                  + x.ids_np.nbytes + x.dst_of.nbytes for x in self._states.values())
         return self.dfa.nbytes + per
 
 
@@ -98,14 +120,16 @@ class MaskProcessor(Processor):
         """Tokens left, the next one included."""
         return self.budget - self.steps
 
-    def _allowed(self) -> tuple[StateIndex, torch.Tensor]:
+    def _allowed(self) -> tuple[StateIndex, torch.Tensor | None]:
+        """This step's state and which of its ids still fit the budget (None: all of them)."""
         st = self.index.state(self.state)
-        ok = st.dist[st.rows] <= self.remaining - 1  # (m,)
-        return st, ok
+        if st.max_dist <= self.remaining - 1:
+            return st, None
+        return st, st.dist[st.rows] <= self.remaining - 1  # (m,)
 
-    def allowed_token_ids(self) -> torch.Tensor:
+    def allowed_token_ids(self) -> torch.Tensor | None:
         st, ok = self._allowed()
-        return st.ids[ok]
+        return st.mask if ok is None else st.ids[ok]
 
     def eos_allowed(self) -> bool:
         return bool(self.dfa.accept[self.state])
@@ -143,12 +167,11 @@ class DecogProcessor(MaskProcessor):
         super().__init__(index, eos_ids, budget)
         self.table = table
         self.hmm = hmm
-        self.emit = hmm.log_emission.exp()  # (h, V) shared view per HMM would be nicer; cheap at these sizes
-        self.trans = hmm.log_transition.exp()  # (h, h)
         self.top_k = prune_top_k if prune_top_k is not None and prune_top_k < hmm.hidden_states else None
         self.table_cached = table_cached
         self.alpha = hmm.log_initial.clone()  # (h,) log P(prefix, next hidden state), normalised
-        self._kept: tuple[torch.Tensor | None, torch.Tensor] | None = None  # (hidden idx, their alpha) of this step
+        self._eos = torch.tensor(sorted(eos_ids), device=hmm.device)
+        self._kept: tuple[torch.Tensor | None, torch.Tensor] | None = None  # (hidden idx, their alpha) this step
         self._mass: list[float] = []
 
     def _support(self) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -160,43 +183,52 @@ class DecogProcessor(MaskProcessor):
         return idx, vals
 
     def process(self, logits: torch.Tensor, aux: Any = None) -> torch.Tensor:
-        dev = self.alpha.device
         st, ok = self._allowed()
         idx, a = self._support()
         self._kept = (idx, a)
-        ba = self.table.row(self.remaining - 1)[st.dsts]  # (n, h): log P(complete | enter dst, next hidden)
-        emit = self.emit if idx is None else self.emit[idx]  # (k, V)
+        ba = self.table.row(self.remaining - 1).index_select(0, st.dsts)  # (n, h): log P(complete | enter dst, h)
         if idx is not None:
-            ba = ba[:, idx]
+            ba = ba.index_select(1, idx)  # (n, k)
         scores = torch.cat([a[None, :] + ba, a[None, :]])  # (n+1, k); last row: P(x | prefix) alone
-        peak = scores.max(dim=1, keepdim=True).values
-        peak = torch.where(torch.isfinite(peak), peak, 0.0)  # (n+1, 1)
+        peak = scores.amax(dim=1, keepdim=True).clamp_min(-1e30)  # (n+1, 1); rows of -inf stay -inf
         weights = torch.exp(scores - peak)  # (n+1, k)
         ids = st.ids
-        if ids.numel() * 2 > emit.shape[1]:
-            per_token = (weights @ emit)[:, ids]  # (n+1, m)
+        m = ids.numel()
+        by_token = self.hmm.emission_by_token  # (V, h)
+        if m * 2 > by_token.shape[0]:
+            emit = by_token if idx is None else by_token.index_select(1, idx)  # (V, k)
+            per_token = (weights @ emit.t()).index_select(1, ids)  # (n+1, m)
         else:
-            per_token = weights @ emit[:, ids]  # (n+1, m)
-        logp = per_token.clamp_min(1e-38).log() + peak  # (n+1, m)
-        cols = torch.arange(ids.numel(), device=dev)
-        ratio = logp[st.rows, cols] - logp[-1]  # (m,) log P_HMM(complete | prefix, x)
-        llm = torch.log_softmax(logits.float().to(dev), dim=-1)  # (V,)
-        out = torch.full_like(llm, -math.inf)
-        chosen = ids[ok]
-        out[chosen] = (llm[chosen] + ratio[ok]).clamp_min(_FLOOR)
+            emit = by_token.index_select(0, ids)  # (m, h)
+            if idx is not None:
+                emit = emit.index_select(1, idx)  # (m, k)
+            per_token = weights @ emit.t()  # (n+1, m)
+        logp = per_token.clamp_min_(1e-38).log_().add_(peak)  # (n+1, m)
+        ratio = logp.view(-1).index_select(0, st.flat) - logp[-1]  # (m,) log P_HMM(complete | prefix, x)
+        llm = torch.log_softmax(logits.to(self.alpha.device, torch.float32), dim=-1)  # (V,)
+        out = torch.full_like(llm, -math.inf)  # the DFA mask: only ids may come next
+        if ok is not None:
+            ids, ratio = ids[ok], ratio[ok]
+        out[ids] = (llm.index_select(0, ids) + ratio).clamp_min_(_FLOOR)
         if self.dfa.accept[self.state]:  # ending here completes the format: ratio 1
-            eos = torch.tensor(sorted(self.eos_ids), device=dev)
-            out[eos] = llm[eos]
+            out[self._eos] = llm.index_select(0, self._eos)
         return out.to(logits.device)
+
+    def allowed_token_ids(self) -> None:
+        return None  # process() already set every token outside the DFA's set to -inf
+
+    def eos_allowed(self) -> bool:
+        return True  # process() already set EOS to -inf unless the DFA state accepts
 
     def advance(self, token_id: int) -> None:
         if token_id not in self.eos_ids:
             idx, a = self._kept if self._kept is not None else self._support()
-            log_emit = self.hmm.log_emission[:, token_id] if idx is None else self.hmm.log_emission[idx, token_id]
+            log_emit = self.hmm.log_emission_by_token[token_id]  # (h,)
+            trans = self.hmm.transition
+            if idx is not None:
+                log_emit, trans = log_emit.index_select(0, idx), trans.index_select(0, idx)  # (k,), (k, h)
             v = a + log_emit  # (k,): log P(prefix + x, current hidden)
-            m = v.max()
-            trans = self.trans if idx is None else self.trans[idx]  # (k, h)
-            nxt = (torch.exp(v - m) @ trans).clamp_min(1e-38).log()  # (h,)
+            nxt = (torch.exp(v - v.max()) @ trans).log_()  # (h,); transitions are never exactly zero
             self.alpha = nxt - torch.logsumexp(nxt, 0)
         self._kept = None
         super().advance(token_id)

@@ -62,7 +62,7 @@ class BackwardTable:
 
 def set_weights(hmm: HMM, dfa: TokenDFA, chunk: int = 64) -> torch.Tensor:
     """log sum_{x in set} emit[h, x] for every token set of ``dfa``: (n_sets, h)."""
-    emit = hmm.log_emission.exp()  # (h, V)
+    emit = hmm.emission  # (h, V)
     out = torch.empty(len(dfa.sets), hmm.hidden_states, device=hmm.device)
     for lo in range(0, len(dfa.sets), chunk):
         sets = dfa.sets[lo : lo + chunk]
@@ -86,7 +86,7 @@ def build_table(hmm: HMM, dfa: TokenDFA, budget: int, tol: float = 1e-5) -> Back
     t0 = time.perf_counter()
     dev = hmm.device
     s_count, h = dfa.num_states, hmm.hidden_states
-    trans = hmm.log_transition.exp()  # (h, h)
+    trans = hmm.transition  # (h, h)
     weights = set_weights(hmm, dfa)  # (n_sets, h)
     src = torch.from_numpy(np.repeat(np.arange(s_count), np.diff(dfa.edge_ptr))).to(dev)  # (E,)
     e_set = torch.from_numpy(dfa.edge_set.astype(np.int64)).to(dev)  # (E,)

@@ -151,7 +151,7 @@ def test_hmm_lookahead_beats_the_hard_mask_on_likelihood(setup: Any) -> None:
     mask = generate_many(engine, prompt, lambda: MaskProcessor(mask_index, engine.eos_token_ids, 48), n=24,
                          max_tokens=48)
     pattern = template_regex(source)
-    s_decog, _ = summarize(decog, engine.model, prompt, pattern, dfa, engine.eos_token_ids)
-    s_mask, _ = summarize(mask, engine.model, prompt, pattern, dfa, engine.eos_token_ids)
+    s_decog, _ = summarize(decog, engine.model, prompt, pattern, dfa, engine.eos_token_ids, 48)
+    s_mask, _ = summarize(mask, engine.model, prompt, pattern, dfa, engine.eos_token_ids, 48)
     assert s_decog.compliance == s_mask.compliance == 1.0
     assert s_decog.mean_log_prob > s_mask.mean_log_prob, (s_decog, s_mask)
