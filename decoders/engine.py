@@ -270,6 +270,7 @@ class Engine:
             messages=None if messages is None else tuple(messages), prompt_text=prompt_text,
             resources=self.resources,
             encode=self.encode, chat_prompt=self.chat_prompt, soft_prompt_tokens=soft_prompt_tokens,
+            device=str(self.device),
         )
 
     # ---- submitting ----------------------------------------------------------------------------

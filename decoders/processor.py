@@ -63,6 +63,11 @@ class DecoderContext:
     """Render messages with the model's chat template and tokenise them, as the request's prompt was."""
     soft_prompt_tokens: int = 0
     """Embedding vectors the engine places before ``prompt_ids`` (a soft prompt); 0 when none."""
+    device: str = "cpu"
+    """The model's device (``cpu``, ``cuda:0``): where a decoder's per-step tensors belong."""
+    config: Any = None
+    """What the decoder's ``prepare(section, ctx)`` made, at start, of its operator section
+    (``decoders.<name>`` in the config; decog: the loaded HMMs); None when that section is absent."""
 
 
 class AuxStream(Protocol):

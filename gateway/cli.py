@@ -522,10 +522,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, Any]:
 
     # Commands of the other packages, added explicitly (imports stay light until a command runs).
     from compressors.llmlingua2.cli import register as register_compressor
+    from gateway.cli_decog import register as register_decog
     from gateway.cli_models import register as register_models
     from gateway.stages.select_prompt.cli import register as register_idp
 
     register_compressor(sub)
+    register_decog(sub)
     register_models(sub)
     register_idp(sub)
     return parser, sub

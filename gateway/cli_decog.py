@@ -77,7 +77,8 @@ def _run(args: argparse.Namespace, cfg: Any, prompts: list[str]) -> int:
     source = resolve_model_source(args.model)
     started = time.perf_counter()
     try:
-        model = AutoModelForCausalLM.from_pretrained(source).to(device).eval()
+        model: Any = AutoModelForCausalLM.from_pretrained(source)
+        model = model.to(device).eval()
         tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as exc:
         return _fail(f"--model: cannot load {args.model!r}: {exc}")

@@ -7,3 +7,25 @@ loads the torch side on first use. Modules: ``hmm`` (the model and its files), `
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from decoders.processor import DecoderContext, Processor
+
+__all__ = ["build", "prepare"]
+
+
+def build(options: Mapping[str, Any], ctx: DecoderContext) -> Processor:
+    """One request's decog processor (see :func:`decoders.decog.processor.build`)."""
+    from decoders.decog.processor import build as build_decog
+
+    return build_decog(options, ctx)
+
+
+def prepare(section: Mapping[str, Any], ctx: DecoderContext) -> Any:
+    """Load ``decoders.decog`` (the HMMs) for one model at start (see :func:`decoders.decog.processor.prepare`)."""
+    from decoders.decog.processor import prepare as prepare_decog
+
+    return prepare_decog(section, ctx)

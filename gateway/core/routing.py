@@ -89,6 +89,12 @@ class Router:
                     f"(available: {', '.join(sorted(self._factories)) or 'none'})"
                 )
             self.providers[name] = factory(name, self.config.backend(name), self.metrics)
+        # Decoder sections (decoders.<name>) go to every provider that runs decoders in-process.
+        sections = {n: s.model_dump() for n, s in self.config.decoders if s is not None}
+        for prov in self.providers.values():
+            prepare = getattr(prov, "prepare_decoders", None)
+            if prepare is not None:
+                await asyncio.to_thread(prepare, sections)
 
     async def discover(self) -> None:
         """Ask upstreams without a configured model list what they serve (failures are logged, not fatal)."""

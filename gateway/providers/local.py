@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -130,10 +131,30 @@ class LocalProvider:
         self.tokenizer = self.engine.tokenizer
         self.hidden_size = self.engine.hidden_size
         self.fingerprint = _fingerprint(path, self.engine)
+        self._decoder_setup: dict[str, Any] = {}  # decoder name -> what its prepare() made of decoders.<name>
         logger.info("backend %s loaded %s in %.1f s on %s (%s, max_batch_size %d, context %d)", name, path,
                     time.perf_counter() - started, _device_name(self.engine.device),
                     str(self.engine.dtype).removeprefix("torch."), engine_config.max_batch_size,
                     self.engine.max_context)
+
+    def prepare_decoders(self, sections: Mapping[str, Mapping[str, Any]]) -> None:
+        """Hand each decoder its operator section (``decoders.<name>``), once at start. A decoder whose
+        factory module has ``prepare(section, ctx)`` loads what it needs there (decog: its HMMs, checked
+        against this model's tokenizer) and gets the result as ``ctx.config`` on every request; a failure
+        stops the start with the key path in the message."""
+        for name, section in sections.items():
+            entry = DECODERS.get(name)
+            if entry is None or not isinstance(entry.factory, str):
+                continue
+            prepare = load_factory(entry.factory.partition(":")[0] + ":prepare", missing_ok=True)
+            if prepare is None:
+                self._decoder_setup[name] = section
+                continue
+            ctx = self.engine.decoder_context((), SamplingParams(max_tokens=1))
+            try:
+                self._decoder_setup[name] = prepare(section, ctx)
+            except ValueError as e:
+                raise ValueError(f"decoders.{name} (backend {self.name}): {e}") from None
 
     # ---- ModelAccess (model-bound stages) -------------------------------------------------------
 
@@ -349,6 +370,8 @@ class LocalProvider:
         messages = [{"role": m.role, "content": m.text()} for m in req.messages] if req.kind == "chat" else None
         n_soft = 0 if req.soft_prompt is None else int(req.soft_prompt.shape[0])
         ctx = self.engine.decoder_context(ids, params, messages, n_soft, text)
+        if name in self._decoder_setup:
+            ctx = dataclasses.replace(ctx, config=self._decoder_setup[name])
         with engine_errors():
             return _factory(name)(options, ctx)
 

@@ -14,7 +14,7 @@ import importlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 from pydantic import BaseModel
 
@@ -242,7 +242,7 @@ DECODERS: dict[str, DecoderEntry] = {
             Option("prune_top_k", (int,), "Keep only the top-k hidden states by forward mass.", minimum=1),
         ),
         "Output formats guaranteed by a DFA and steered by an HMM distilled from the model (Deco-G).",
-        None,
+        "decoders.decog:build",
         "DecogDecoder",
         "Deco-G combines the model's next-token distribution with an HMM at every step",
         DecogConfig,
@@ -317,13 +317,22 @@ def _check_limits(opt: Option, value: Any, what: str) -> None:
                                   f"(known: {', '.join(opt.keys)})", f"{key}.{k}")
 
 
-def load_factory(path: str | Callable[..., Any]) -> Callable[..., Any]:
+@overload
+def load_factory(path: str | Callable[..., Any]) -> Callable[..., Any]: ...
+@overload
+def load_factory(path: str | Callable[..., Any], missing_ok: bool) -> Callable[..., Any] | None: ...
+
+
+def load_factory(path: str | Callable[..., Any], missing_ok: bool = False) -> Callable[..., Any] | None:
     """Import ``"module:function"`` (factories are imported only when a stage or decoder is used, so a
-    proxy never loads a model runtime it does not need); a callable is returned as it is."""
+    proxy never loads a model runtime it does not need); a callable is returned as it is. With
+    ``missing_ok``, a module without that function gives None (a decoder's optional ``prepare``)."""
     if callable(path):
         return path
     module, _, name = path.partition(":")
-    factory: Callable[..., Any] = getattr(importlib.import_module(module), name)
+    factory: Callable[..., Any] | None = getattr(importlib.import_module(module), name, None)
+    if factory is None and not missing_ok:
+        raise AttributeError(f"{module} has no {name}")
     return factory
 
 
