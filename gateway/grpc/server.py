@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from gateway.core.gateway import Gateway, GatewayStream
 from gateway.errors import PromptwireError
 from gateway.grpc import convert as conv
+from gateway.grpc.decode import UndecodableRequests
 from gateway.observe.health import HealthStatus
 from gateway.observe.logs import access_log, error_log
 from gateway.observe.metrics import Metrics
@@ -353,7 +354,8 @@ async def prepare_grpc_server(
         ("grpc.max_send_message_length", max(max_message_bytes, 16 * 1024 * 1024)),
         ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
-    server = grpc.aio.server(options=options)
+    # bytes that are not a valid request: INVALID_ARGUMENT, not grpcio's UNKNOWN (gateway/grpc/decode.py)
+    server = grpc.aio.server(options=options, interceptors=[UndecodableRequests()])
     gateway_pb2_grpc.add_GatewayServicer_to_server(_Servicer(gateway, compress), server)  # type: ignore[no-untyped-call]
     if status is None:
         status = HealthStatus(gateway)
