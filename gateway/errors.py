@@ -54,12 +54,22 @@ class PromptwireError(Exception):
     error_type: str = "server_error"  # OpenAI's error.type
     code: str | None = None  # OpenAI's error.code
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 detail: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        """The gateway's own words: what clients see and what the logs say."""
         self.param = param
         if code is not None:
             self.code = code
+        self.detail = detail
+        """Text from a third party (an upstream's own error message): added to what the client sees, never
+        logged, because it may quote the request (validating servers echo the input, prompt included)."""
+
+    @property
+    def client_message(self) -> str:
+        """The message the client gets: the gateway's, then the upstream's detail when there is one."""
+        return f"{self.message}: {self.detail}" if self.detail else self.message
 
     @property
     def label(self) -> str:
@@ -70,7 +80,7 @@ class PromptwireError(Exception):
         """The body OpenAI's API returns for an error."""
         return {
             "error": {
-                "message": self.message,
+                "message": self.client_message,
                 "type": self.error_type,
                 "param": self.param,
                 "code": self.code,
@@ -182,9 +192,10 @@ class UpstreamStatusError(UpstreamError):
     """The upstream answered with an error status; 4xx keep their status and body."""
 
     def __init__(
-        self, status: int, message: str, *, body: dict[str, Any] | None = None, retry_after: float | None = None
+        self, status: int, message: str, *, body: dict[str, Any] | None = None, retry_after: float | None = None,
+        detail: str | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(message, detail=detail)
         self.upstream_status = status
         self.body = body
         self.retry_after = retry_after  # the upstream's Retry-After (429 / 503), passed on to the client

@@ -91,7 +91,8 @@ def check_fields(kind: RequestKind, params: Mapping[str, Any], messages: Sequenc
     if kind == "chat":
         for i, m in enumerate(messages):
             if m.role not in ROLES:
-                raise InvalidRequest(f"messages[{i}].role must be one of {', '.join(ROLES)}, got {m.role!r}",
+                # (the value is not quoted: error messages reach the logs, and it is the client's own text)
+                raise InvalidRequest(f"messages[{i}].role must be one of {', '.join(ROLES)}",
                                      param=f"messages[{i}].role")
         if params.get("top_logprobs") is not None and params.get("logprobs") is not True:
             raise InvalidRequest("top_logprobs needs logprobs: true", param="top_logprobs")

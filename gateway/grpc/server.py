@@ -79,7 +79,7 @@ async def _abort(
     decoder: str | None = None,
 ) -> NoReturn:
     """The one place a PromptwireError becomes a gRPC status."""
-    details = exc.message
+    details = exc.client_message
     trailers = list(trailers)
     if exc.param:
         path = conv.grpc_param(exc.param, decoder)

@@ -210,6 +210,7 @@ class OpenAIProvider:
             resp.release()
         body: dict[str, Any] | None = None
         message = f"backend {self.name!r} answered HTTP {resp.status}"
+        detail = None  # the upstream's words: to the client, not to the logs (they may quote the prompt)
         try:
             parsed = json.loads(raw.decode()) if raw else None
         except ValueError:
@@ -218,11 +219,11 @@ class OpenAIProvider:
             body = parsed
             err = parsed.get("error")
             if isinstance(err, dict) and isinstance(err.get("message"), str):
-                message = f"{message}: {err['message']}"
+                detail = err["message"]
             elif isinstance(err, str):
-                message = f"{message}: {err}"
+                detail = err
         return UpstreamStatusError(
-            resp.status, message, body=body, retry_after=_retry_after(resp.header(b"retry-after"))
+            resp.status, message, body=body, retry_after=_retry_after(resp.header(b"retry-after")), detail=detail
         )
 
     # ----- Provider protocol -----------------------------------------------------------------------
@@ -304,7 +305,7 @@ class OpenAIProvider:
         if err is None and data.get("object") != "error":
             return
         msg = err.get("message") if isinstance(err, dict) else (err or data.get("message"))
-        raise UpstreamError(f"backend {self.name!r} failed mid-stream: {msg}")
+        raise UpstreamError(f"backend {self.name!r} failed mid-stream", detail=str(msg) if msg else None)
 
     async def _get_models(self, timeout: float, spare: bool = False) -> tuple[int, bytes]:
         pool = self._pool()

@@ -221,3 +221,74 @@ async def test_per_key_model_and_stage_allowlists_on_both_front_ends(gw: tuple[G
         assert ei.value.code() == grpc.StatusCode.PERMISSION_DENIED
         msgs = [m async for m in stub.Chat(req, metadata=(("authorization", f"Bearer {KEY_B}"),), timeout=10)]
         assert msgs[-1].done and up.requests[-1].body["messages"][-1]["content"] == "x [marked]"
+
+
+async def test_no_client_chosen_upstream_url_or_header(gw: tuple[Gateway, Any]) -> None:
+    """Body fields and request ids cannot change where the request goes or which headers go with it."""
+    gateway, up = gw
+    hostile = {
+        "model": "test-model", "messages": [{"role": "user", "content": "hi"}],
+        "base_url": "http://169.254.169.254/latest", "api_base": "http://evil.example/v1",
+        "extra_headers": {"authorization": "Bearer stolen"}, "headers": {"x-evil": "1"},
+        "user": "u\r\nx-evil: 1",
+    }
+    async with _http(gateway) as http:
+        for rid in ("ok-id", "caf\u00e9".encode(), "a" * 500, "tab\there", b"\x7f\x01"):
+            r = await http.post("/v1/chat/completions", json=hostile,
+                                headers={"authorization": f"Bearer {KEY_B}", "x-request-id": rid})
+            assert r.status_code == 200, r.text
+            sent = up.requests[-1]
+            assert sent.path == "/v1/chat/completions"
+            assert "x-evil" not in sent.headers and sent.headers["authorization"] == "Bearer sk-upstream-secret-42"
+            assert sent.headers["x-request-id"] == r.headers["x-request-id"]
+            assert sent.headers["x-request-id"].isprintable() and len(sent.headers["x-request-id"]) <= 200
+            assert sent.body is not None and sent.body["user"] == "u\r\nx-evil: 1"  # a JSON string, not a header
+        r = await http.post("/v1/chat/completions", headers={"authorization": f"Bearer {KEY_B}"},
+                            json={**hostile, "model": "../../admin?x=1#\r\nhost: evil"})
+        assert up.requests[-1].path == "/v1/chat/completions"  # the model goes in the body, never the URL
+    async with serving_stub(gateway) as stub:
+        req = gateway_pb2.ChatRequest(model="test-model", request_id="id\r\nx-evil: 1",
+                                      messages=[common_pb2.ChatMessage(role="user", content="x")])
+        async for _ in stub.Chat(req, metadata=(("authorization", f"Bearer {KEY_B}"),
+                                                ("x-request-id", "m" * 300)), timeout=10):
+            pass
+        assert "x-evil" not in up.requests[-1].headers
+        assert up.requests[-1].headers["x-request-id"].isprintable()
+
+
+async def test_size_limits_on_both_front_ends(make_upstream: Any) -> None:
+    up = make_upstream()
+    cfg = _config(up.url)
+    cfg["limits"] = {"max_body_bytes": 4096, "max_prompt_chars": 1000}
+    gateway = Gateway(GatewayConfig.model_validate(cfg))
+    await gateway.start()
+    auth = {"authorization": f"Bearer {KEY_B}"}
+    try:
+        async with _http(gateway) as http:
+            big = {"model": "test-model", "messages": [{"role": "user", "content": "x" * 5000}]}
+            r = await http.post("/v1/chat/completions", json=big, headers=auth)
+            assert (r.status_code, r.json()["error"]["code"]) == (413, "body_too_large")
+
+            async def chunks() -> Any:  # no content-length: the limit still holds while reading
+                for _ in range(10):
+                    yield b" " * 1000
+
+            r = await http.post("/v1/chat/completions", content=chunks(), headers=auth)
+            assert r.status_code == 413
+            r = await http.post("/v1/chat/completions", headers=auth,
+                                json={"model": "test-model", "messages": [{"role": "user", "content": "y" * 1500}]})
+            assert (r.status_code, r.json()["error"]["code"]) == (400, "prompt_too_large")
+            r = await http.post("/v1/compress", json={"text": "z" * 5000}, headers=auth)
+            assert r.status_code == 413
+        async with serving_stub(gateway) as stub:
+            for content, code in (("x" * 5000, grpc.StatusCode.RESOURCE_EXHAUSTED),
+                                  ("y" * 1500, grpc.StatusCode.INVALID_ARGUMENT)):
+                req = gateway_pb2.ChatRequest(model="test-model",
+                                              messages=[common_pb2.ChatMessage(role="user", content=content)])
+                with pytest.raises(grpc.aio.AioRpcError) as ei:
+                    async for _ in stub.Chat(req, metadata=tuple(auth.items()), timeout=10):
+                        pass
+                assert ei.value.code() == code
+    finally:
+        await gateway.aclose()
+    assert all(len(json.dumps(r.body)) < 4096 for r in up.requests if r.body)

@@ -59,6 +59,9 @@ class Knobs:
     gate: threading.Event | None = None
     """Streams: after the first chunk, wait until this is set (holds a request in flight, e.g. across a
     SIGTERM, without timing)."""
+    echo_in_errors: bool = False
+    """Injected failures quote the request's messages / prompt in their error message (as pydantic-based
+    servers such as vLLM do), to see that no prompt text reaches the gateway's logs that way."""
     hold: threading.Event | None = None
     """Every generation request waits for this before it is answered (``UpstreamServer.wait_arrived(n)``
     then says when n of them are held): concurrency without timing."""
@@ -138,7 +141,10 @@ class _App:
             k.fail_next -= 1
             extra = [(b"retry-after", k.retry_after.encode())] if k.retry_after is not None else []
             etype = "rate_limit_error" if k.fail_status == 429 else "server_error"
-            await self._send(send, k.fail_status, _error(k.fail_status, "injected failure", etype), extra)
+            message = "injected failure"
+            if k.echo_in_errors and isinstance(parsed, dict):  # as validating servers do: the input, quoted
+                message += f"; input_value={json.dumps(parsed.get('messages') or parsed.get('prompt'))}"
+            await self._send(send, k.fail_status, _error(k.fail_status, message, etype), extra)
             return
         if parsed is None or not isinstance(parsed, dict):
             await self._send(send, 400, _error(400, "body must be a JSON object", "invalid_request_error"))
