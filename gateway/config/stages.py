@@ -45,13 +45,24 @@ class CompressConfig(Strict):
     """``stages.compress``: the LLMLingua-2 compressor and its serving policy."""
 
     model: str
-    """Exported ONNX directory, checkpoint directory or Hugging Face id (exported and cached on first use)."""
+    """Exported ONNX directory, checkpoint directory or Hugging Face id (exported and cached on first use),
+    or ``tiny:llmlingua2``: a small randomly initialised stand-in built locally (the embedded default)."""
     int8: bool = False
     threads: int | None = Field(default=None, ge=1)
     """ONNX Runtime intra-op threads (default: the runtime's choice)."""
+    spinning: bool = False
+    """Let ONNX Runtime's threads spin-wait between operators (faster alone, worse beside busy processes)."""
+    max_batch_windows: int | None = Field(default=None, ge=1, le=4096)
+    """Most windows (model inputs of up to 512 tokens) in one ONNX Runtime call; None: 16 on CPU, 64 on GPU."""
+    max_batch_tokens: int | None = Field(default=None, ge=1)
+    """Most padded token positions in one call; None: 768 on CPU, 32768 on GPU."""
+    max_wait_ms: float | None = Field(default=None, ge=0)
+    """How long a call that is not full waits for requests still being tokenized; None: 2 on CPU, 5 on GPU."""
+    batching: bool = True
+    """False: one request at a time (its own windows still share calls), the baseline to compare with."""
     workers: int = Field(default=1, ge=1, le=64)
-    max_batch_size: int = Field(default=16, ge=1, le=1024)
-    max_wait_ms: float = Field(default=2.0, ge=0)
+    max_batch_size: int = Field(default=64, ge=1, le=4096)
+    """Requests in progress at once (tokenized, windows queued or running); later ones wait in line."""
     max_queue: int = Field(default=1024, ge=1)
     defaults: Mapping[str, Any] = Field(default_factory=dict)
     """Option defaults merged under each request's options (e.g. ``{rate: 0.5}``)."""

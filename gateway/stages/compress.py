@@ -302,13 +302,29 @@ class CompressStage:
 def make_compress_stage(config: CompressConfig, deps: StageDeps | None = None) -> CompressStage:
     """The table's factory for ``stages.compress`` (gateway/config/stages.py: CompressConfig)."""
     from compressors.llmlingua2.compressor import Compressor
+    from compressors.llmlingua2.tiny import is_standin
 
     defaults = dict(config.defaults)
     validate_compress_options(defaults, prefix="stages.compress.defaults.")
-    compressor = Compressor(config.model, int8=config.int8, intra_op_threads=config.threads)
+    if is_standin(config.model):
+        logger.warning(
+            "stages.compress serves %s, a tiny randomly initialised STAND-IN classifier built locally (which "
+            "words it keeps is arbitrary). For real compression set stages.compress.model in your --config file "
+            "to an LLMLingua-2 checkpoint or export, e.g. microsoft/llmlingua-2-bert-base-multilingual-cased-"
+            "meetingbank (docs/compress-serving.md)",
+            config.model,
+        )
+    try:
+        compressor = Compressor(config.model, int8=config.int8, intra_op_threads=config.threads,
+                                spinning=config.spinning)
+    except ValueError as e:  # an unknown stand-in name
+        raise ValueError(f"stages.compress.model: {e}") from None
     batcher = BatcherConfig(
-        max_batch_size=config.max_batch_size,
+        max_batch_windows=config.max_batch_windows,
+        max_batch_tokens=config.max_batch_tokens,
         max_wait_ms=config.max_wait_ms,
+        batching=config.batching,
+        max_batch_size=config.max_batch_size,
         workers=config.workers,
         max_queue=config.max_queue,
     )
