@@ -62,6 +62,9 @@ def _serve_config(args: argparse.Namespace, env: dict[str, str] | None = None) -
         raw = parse_raw(default_config_text(), source)
         raw.pop("backends", None)
         raw.pop("default_backend", None)
+        # and so does its stand-in compressor: random weights must not compress real traffic
+        raw.pop("stages", None)
+        raw.pop("default_stages", None)
         apply_env(raw, env, origins)
     else:
         raw, source = load_raw(args.config, env, origins)

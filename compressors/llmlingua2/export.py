@@ -274,13 +274,19 @@ def ensure_exported(
     optimize: bool = True,
     cache_dir: str | Path | None = None,
 ) -> Path:
-    """Return an exported directory for SRC: SRC itself if already exported, else a cached export."""
+    """Return an exported directory for SRC: SRC itself if already exported, else a cached export.
+    ``tiny:llmlingua2`` (a stand-in, see tiny.STANDINS) is built under the cache first."""
     if is_exported(src):
         return Path(src)
-    src_dir = _resolve_source(src)
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    if str(src).startswith("tiny:"):
+        from .tiny import standin_checkpoint
+
+        src_dir = standin_checkpoint(str(src), root)
+    else:
+        src_dir = _resolve_source(src)
     options = {"int8": int8, "fp16": fp16, "optimize": optimize, "opset": 17}
     digest = _source_hash(src_dir, options)
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     out = root / "onnx" / digest
     if is_exported(out):
         return out

@@ -5,16 +5,21 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 __all__ = [
     "N_FORCE_PLACEHOLDERS",
+    "STANDINS",
     "TinyConfig",
     "build_tiny",
     "build_tiny_bert",
     "build_tiny_xlmr",
+    "is_standin",
+    "standin_checkpoint",
     "training_corpus",
 ]
 
@@ -267,3 +272,29 @@ def build_tiny_bert(out_dir: str | Path, **kw: Any) -> Path:
 def build_tiny_xlmr(out_dir: str | Path, **kw: Any) -> Path:
     """XLM-R-style tiny classifier (Unigram "▁", <s>/</s>, [NEWi])."""
     return build_tiny(out_dir, TinyConfig(arch="xlmr", **kw))
+
+
+STANDINS = {"tiny:llmlingua2": "bert", "tiny:llmlingua2-xlmr": "xlmr"}
+"""Model names that stand for a tiny classifier built locally on first use (the embedded default's
+compressor): its choices of words are arbitrary, it exists so compression runs end to end offline."""
+
+
+def is_standin(source: str | Path) -> bool:
+    return str(source).startswith("tiny:")
+
+
+def standin_checkpoint(source: str, root: Path) -> Path:
+    """The checkpoint directory of stand-in SOURCE under ROOT, built once (atomically) if missing."""
+    arch = STANDINS.get(source)
+    if arch is None:
+        raise ValueError(f"unknown stand-in {source!r}; expected one of {', '.join(STANDINS)}")
+    target = root / "tiny" / f"{source.split(':', 1)[1]}-classifier"
+    if not (target / "config.json").is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".standin-", dir=target.parent))
+        build_tiny(tmp, TinyConfig(arch=arch))  # type: ignore[arg-type]
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target

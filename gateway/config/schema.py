@@ -58,6 +58,9 @@ class ServerConfig(Strict):
     ``tls_key_file``. Relative to the working directory; checked at load."""
     tls_key_file: str | None = None
     """PEM private key of ``tls_cert_file``."""
+    playground: bool = False
+    """Serve the compression playground at /playground (docs/playground.md): a static page whose
+    compressions are /v1/compress calls made with the API key typed into it."""
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> ServerConfig:

@@ -422,6 +422,10 @@ def create_app(gateway: Gateway, *, extra_routes: Sequence[BaseRoute] = (), vers
         Route("/v1/condense_history", condense_history, methods=["POST"]),
         *extra_routes,
     ]
+    if gateway.config.server.playground:
+        from gateway.playground import playground_routes
+
+        routes += playground_routes()
     starlette = Starlette(
         routes=routes,
         exception_handlers={PromptwireError: on_error, HTTPException: on_error, Exception: on_error},
