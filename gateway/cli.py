@@ -9,10 +9,12 @@ import gc
 import ipaddress
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Generator, Sequence
 from typing import Any
@@ -29,6 +31,7 @@ from gateway.config import (
     parse_raw,
     validate_config,
 )
+from gateway.observe.metrics import MULTIPROC_ENV, multiprocess
 from gateway.startup import StartupError, bind_socket, model_source_problems, port_problem
 
 __all__ = ["build_parser", "main"]
@@ -247,6 +250,7 @@ async def _serve(config: GatewayConfig, source: str = "<config>") -> int:
     if grpc_handle is not None:
         await grpc_handle.start()
     status.start(_HEALTH_INTERVAL_S)
+    publisher = asyncio.create_task(gateway.metrics.publish_every(1.0)) if multiprocess() else None
     health: HealthListener | None = None
     if sc.health_port is not None:
         health = await HealthListener.start(gateway, status, sc.health_host, sc.health_port)
@@ -289,6 +293,11 @@ async def _serve(config: GatewayConfig, source: str = "<config>") -> int:
     await status.close()
     if health is not None:
         await health.stop()
+    if publisher is not None:
+        publisher.cancel()
+        from prometheus_client.multiprocess import mark_process_dead
+
+        mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]  # its live gauges leave the sum; its counters stay counted
     await gateway.aclose()
     logger.info("stopped", extra={"event": "stopped", "drained": drained})
     return 0
@@ -459,6 +468,12 @@ def _run_workers(args: argparse.Namespace, config: GatewayConfig, workers: int) 
             return 2
     argv = list(args.argv)
     env = {**os.environ, _WORKER_ENV: str(os.getpid())}
+    # /metrics on any worker reports all of them: prometheus_client's multiprocess mode, in a fresh
+    # directory of this run (or the operator's $PROMETHEUS_MULTIPROC_DIR)
+    own_dir = None
+    if not env.get(MULTIPROC_ENV):
+        own_dir = tempfile.mkdtemp(prefix="promptwire-metrics-")
+        env[MULTIPROC_ENV] = own_dir
     procs = [subprocess.Popen([sys.executable, "-m", "gateway.cli", *argv], env=env) for _ in range(workers)]
     logger.info("started %d worker processes on http port %d", workers, sc.http_port,
                 extra={"event": "workers", "pids": [p.pid for p in procs]})
@@ -470,7 +485,11 @@ def _run_workers(args: argparse.Namespace, config: GatewayConfig, workers: int) 
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    codes = [p.wait() for p in procs]
+    try:
+        codes = [p.wait() for p in procs]
+    finally:
+        if own_dir is not None:
+            shutil.rmtree(own_dir, ignore_errors=True)
     return max(codes, key=abs)
 
 

@@ -1,13 +1,39 @@
-"""Prometheus metrics of one Gateway, in its own registry (several gateways may share a process)."""
+"""Prometheus metrics of one Gateway, in its own registry (several gateways may share a process).
+
+With ``serve --workers N`` every worker writes its values to files in ``$PROMETHEUS_MULTIPROC_DIR`` (the
+parent sets it; prometheus_client's multiprocess mode) and ``/metrics`` on any worker reports the sum
+over all of them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+import os
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
-__all__ = ["CONTENT_TYPE", "Metrics"]
+__all__ = ["CONTENT_TYPE", "MULTIPROC_ENV", "Metrics", "multiprocess"]
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess() -> bool:
+    """Whether this process shares its metrics with sibling workers (prometheus_client reads the variable
+    when it is first imported, so it is set for the worker processes, never switched on later)."""
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
+class _LiveGauge(Gauge):
+    """A gauge read from a function at scrape time (``set_function``) that also keeps the function, so
+    that in multiprocess mode its value can be written where the other workers' scrapes see it."""
+
+    _pw_function: Callable[[], float] | None = None
+
+    def set_function(self, f: Callable[[], float]) -> None:
+        self._pw_function = f
+        super().set_function(f)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -37,7 +63,8 @@ class Metrics:
             "promptwire_errors", "Requests answered with an error, by status code and error code",
             ["status", "code"], registry=r,
         )
-        self.in_flight = Gauge("promptwire_in_flight", "Generation requests in progress", registry=r)
+        self.in_flight = _LiveGauge("promptwire_in_flight", "Generation requests in progress", registry=r,
+                                    multiprocess_mode="livesum")
         self.total_seconds = Histogram(
             "promptwire_request_seconds", "Whole request time in the gateway", ["kind"],
             buckets=_LATENCY_BUCKETS, registry=r,
@@ -70,15 +97,16 @@ class Metrics:
             "promptwire_upstream_retries", "Upstream attempts retried or failed over", ["backend", "reason"],
             registry=r,
         )
-        self.upstream_connections = Gauge(
+        self.upstream_connections = _LiveGauge(
             "promptwire_upstream_connections", "Connections open to each openai backend (in use and idle)",
-            ["backend"], registry=r,
+            ["backend"], registry=r, multiprocess_mode="livesum",
         )
-        self.upstream_waiting = Gauge(
+        self.upstream_waiting = _LiveGauge(
             "promptwire_upstream_waiting",
             "Requests waiting for a connection to each openai backend (max_connections reached)", ["backend"],
-            registry=r,
+            registry=r, multiprocess_mode="livesum",
         )
+        self._live = (self.in_flight, self.upstream_connections, self.upstream_waiting)
 
     def known_models(self, names: Iterable[str]) -> None:
         """Names the gateway serves (configured or discovered): always their own label, whatever
@@ -109,4 +137,25 @@ class Metrics:
         return c
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The text exposition: this gateway's registry, or with several workers every worker's values."""
+        if not multiprocess():
+            return generate_latest(self.registry)
+        self.publish()
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+
+    def publish(self) -> None:
+        """Multiprocess mode: write the function gauges' current values where other workers read them."""
+        for gauge in self._live:
+            children: list[Any] = list(gauge._metrics.values()) if gauge._labelnames else [gauge]
+            for child in children:
+                fn = child._pw_function
+                if fn is not None:
+                    child.set(fn())
+
+    async def publish_every(self, interval_s: float) -> None:
+        """Keep publishing (a worker's task in multiprocess mode), so scrapes on its siblings see it live."""
+        while True:
+            self.publish()
+            await asyncio.sleep(interval_s)
