@@ -255,6 +255,7 @@ def save_png(rows: list[dict[str, Any]], path: Path) -> bool:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="stand-in model only, half the requests")
+    p.add_argument("--models", default="", help="comma-separated subset of stand-in,bert-base")
     p.add_argument("--load", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.load:
@@ -263,7 +264,9 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     work = OUT / "compress-serving"
     work.mkdir(exist_ok=True)
-    models = build_models(args.quick)
+    models = build_models(args.quick and args.models != "bert-base")
+    if args.models:
+        models = {k: v for k, v in models.items() if k in args.models.split(",")}
     cells: dict[str, Any] = {}
     same = True
     for name, model in models.items():

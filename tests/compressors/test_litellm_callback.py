@@ -1,7 +1,8 @@
 """The LiteLLM callback against LiteLLM itself (pinned, in its own environment): the SDK's hook and the
 proxy's pre-call hook compress through a real promptwire server (or in-process), per model and per
 request, fail open, and leave stats in LiteLLM's metadata. The environment is .venv-litellm (made by
-.ci/run from tests/compressors/requirements-litellm.txt); without it these tests skip, except in CI."""
+.ci/run from tests/compressors/requirements-litellm.txt); without it these tests skip, except in CI.
+Slow (tens of seconds: LiteLLM starts slowly); .ci/run runs them explicitly."""
 
 from __future__ import annotations
 
@@ -70,6 +71,7 @@ def _closed_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.slow
 def test_sdk_hook_compresses_per_model_and_request_and_fails_open(
     upstream: UpstreamServer, promptwire_url: str, tiny_exports: dict[str, Path]
 ) -> None:

@@ -1,7 +1,8 @@
 """The compression playground in a real headless browser (Debian's chromium + chromium-driver, selenium):
 it loads, compresses text and chat messages, highlights kept and dropped words, shows the request as
 code, and shows a clear message for errors (bad input, a bad option, a missing API key). Skipped
-only where chromium is absent and CI is not set (CI installs it: .ci/run)."""
+only where chromium is absent and CI is not set (CI installs it: .ci/run). Slow (a browser and
+servers: tens of seconds); .ci/run runs them explicitly."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
 if (CHROMIUM is None or DRIVER is None) and not os.environ.get("CI"):
     pytest.skip("needs Debian's chromium and chromium-driver (apt; .ci/run installs them)", allow_module_level=True)
+
+pytestmark = pytest.mark.slow
 
 KEY = "sk-playground-test"
 SHOTS = os.environ.get("PROMPTWIRE_SCREENSHOTS")
