@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
 from decoders.engine import Engine, EngineConfig, EngineError, SamplingParams
 from decoders.processor import Processor
 from decoders.tiny import corpus
+from tests.support.wait import until_async
 
 
 @pytest.fixture
@@ -61,23 +61,18 @@ async def test_closing_the_stream_cancels_and_frees_the_row(engine) -> None:
         if got == 3:
             break
     await stream.aclose()
-    deadline = time.monotonic() + 5
-    while engine.running_requests and time.monotonic() < deadline:
-        await asyncio.sleep(0.005)
+    await until_async(lambda: engine.running_requests == 0, "the row to be freed")
     assert engine.running_requests == 0 and engine.waiting_requests == 0
 
 
 async def test_cancelled_task_cancels_request(engine) -> None:
     ids = engine.encode("gateway decode")
     task = asyncio.create_task(engine.agenerate(ids, SamplingParams(max_tokens=900, ignore_eos=True)))
-    while engine.running_requests == 0:
-        await asyncio.sleep(0.002)
+    await until_async(lambda: engine.running_requests > 0, "the request to start")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    deadline = time.monotonic() + 5
-    while engine.running_requests and time.monotonic() < deadline:
-        await asyncio.sleep(0.005)
+    await until_async(lambda: engine.running_requests == 0, "the row to be freed")
     assert engine.running_requests == 0
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from typing import Any
 
 import grpc
@@ -14,6 +13,7 @@ import pytest
 from gateway.config import GatewayConfig
 from protos.promptwire.v1 import common_pb2, gateway_pb2, options_pb2
 from tests.support.grpc_stub import grpc_stub
+from tests.support.wait import until_async
 
 
 def _chat(model: str = "test-model", **kw: Any) -> gateway_pb2.ChatRequest:
@@ -60,7 +60,8 @@ async def test_grpc_deadline_mid_stream_counts_as_504(make_upstream: Any) -> Non
             with pytest.raises(grpc.aio.AioRpcError) as e:
                 [m async for m in stub.Chat(_chat(), timeout=0.8)]
             assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            time.sleep(0.1)
+            # the server side of the call ends on its own (its deadline too): until it has counted it
+            await until_async(lambda: 'code="504"' in gw.metrics.render().decode(), "the 504 to be counted")
         text = gw.metrics.render().decode()
     finally:
         await gw.aclose()
@@ -95,10 +96,8 @@ async def test_grpc_deadline_mid_stream_is_504_even_when_only_grpc_enforces_it(
             call = stub.Chat(_chat(), timeout=10)  # a client that cancels mid-stream is still 499
             await call.read()
             call.cancel()
-            for _ in range(100):
-                if gw.in_flight == 0:
-                    break
-                await asyncio.sleep(0.02)
+            await until_async(lambda: gw.in_flight == 0 and 'code="499"' in gw.metrics.render().decode(),
+                              "the cancelled call to end")
         text = gw.metrics.render().decode()
     finally:
         await gw.aclose()

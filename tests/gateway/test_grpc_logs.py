@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from typing import Any
 
 import grpc
@@ -16,6 +15,7 @@ from gateway.observe.logs import JsonFormatter
 from protos.promptwire.v1 import common_pb2, gateway_pb2
 from tests.support.grpc_stub import grpc_stub
 from tests.support.proxy import upstream_config
+from tests.support.wait import until, until_async
 
 SECRET = "zebra-marmalade-7731"  # in every prompt; must never reach a log line
 ACCESS_FIELDS = {"request_id", "api", "model", "kind", "stream", "status", "ms", "overhead_ms", "stages"}
@@ -102,9 +102,7 @@ async def test_grpc_mid_stream_failure_and_cancel_are_logged(
             call = stub.Chat(_chat(request_id="grpc-cancel-1"), timeout=10)
             await call.read()  # the first message: the stream has started
             call.cancel()
-            t = time.monotonic()
-            while len(_lines(caplog, "grpc-cancel-1")) < 2 and time.monotonic() - t < 5:
-                await _sleep()
+            await until_async(lambda: len(_lines(caplog, "grpc-cancel-1")) >= 2, "the cancelled call's log lines")
     failed = _lines(caplog, "grpc-mid-1")
     assert {(r.levelno, r.status) for r in failed} == {(logging.WARNING, 502), (logging.INFO, 502)}
     assert any("after it started" in r.getMessage() for r in failed)
@@ -112,12 +110,6 @@ async def test_grpc_mid_stream_failure_and_cancel_are_logged(
     assert {r.levelno for r in cancelled} == {logging.INFO}
     assert [r.status for r in cancelled if hasattr(r, "kind")] == [499]
     _no_prompt_text(caplog)
-
-
-async def _sleep() -> None:
-    import asyncio
-
-    await asyncio.sleep(0.02)
 
 
 def test_http_error_and_access_lines_carry_the_request_id(
@@ -129,9 +121,7 @@ def test_http_error_and_access_lines_carry_the_request_id(
     with caplog.at_level(logging.INFO), proxy.http() as http:
         r = http.post("/v1/chat/completions", json=body, headers={"x-request-id": "http-400-1"})
         assert r.status_code == 400
-        t = time.monotonic()
-        while len(_lines(caplog, "http-400-1")) < 2 and time.monotonic() - t < 5:
-            time.sleep(0.01)
+        until(lambda: len(_lines(caplog, "http-400-1")) >= 2, "the error and access lines")
     lines = _lines(caplog, "http-400-1")
     [error] = [r for r in lines if not hasattr(r, "kind")]
     [access] = [r for r in lines if hasattr(r, "kind")]

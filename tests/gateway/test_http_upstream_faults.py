@@ -10,6 +10,7 @@ import openai
 import pytest
 
 from tests.support.proxy import upstream_config
+from tests.support.wait import BOUND_S, until
 
 MSG = [{"role": "user", "content": "a b c d e f"}]
 
@@ -20,12 +21,8 @@ def _fast_retries(cfg: dict[str, Any], **kw: Any) -> dict[str, Any]:
     return cfg
 
 
-def _wait_for(cond: Any, timeout: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
+def _wait_for(cond: Any, timeout: float = BOUND_S) -> bool:
+    until(cond, bound_s=timeout)
     return True
 
 
@@ -119,7 +116,7 @@ def test_client_cancelling_a_stream_closes_the_upstream(make_upstream: Any, make
         stream = client.chat.completions.create(model="test-model", messages=MSG, stream=True)
         next(iter(stream))
         stream.close()
-    assert _wait_for(lambda: up.app.disconnects == 1, 1.0)  # within ~ one chunk delay
+    assert _wait_for(lambda: up.app.disconnects == 1)
     assert up.app.streams_completed == 0
     assert _wait_for(lambda: proxy.gateway.in_flight == 0)
 
@@ -129,7 +126,7 @@ def test_client_disconnect_before_response_closes_the_upstream(make_upstream: An
     proxy = make_proxy(upstream_config(up.url))
     with proxy.client(timeout=0.3) as client, pytest.raises(openai.APITimeoutError):
         client.chat.completions.create(model="test-model", messages=MSG)
-    assert _wait_for(lambda: up.app.disconnects == 1, 1.5)
+    assert _wait_for(lambda: up.app.disconnects == 1)
     assert _wait_for(lambda: proxy.gateway.in_flight == 0)
 
 
@@ -145,6 +142,11 @@ def test_upstream_connections_are_kept_alive_and_reused(make_upstream: Any, make
     assert len(up.app.connections) == 1
 
 
+def _open_connections(proxy: Any) -> int:
+    pool = proxy.gateway.router.providers["up1"]._pool_
+    return 0 if pool is None else int(pool.open_connections)
+
+
 def test_upstream_closing_idle_keep_alive_connections(make_proxy: Any) -> None:
     from tests.support.upstream import UpstreamServer
 
@@ -154,5 +156,6 @@ def test_upstream_closing_idle_keep_alive_connections(make_proxy: Any) -> None:
             for _ in range(3):
                 assert client.chat.completions.create(model="test-model", messages=MSG).choices[0].message.content
                 list(client.chat.completions.create(model="test-model", messages=MSG, stream=True))
-                time.sleep(0.35)  # the pooled connections are gone by the next request
+                # the upstream closes the idle connection (keep_alive_s): wait until the gateway saw it go
+                until(lambda: _open_connections(proxy) == 0, "the upstream to close the idle connection")
         assert up.app.generation_requests == 6  # no failed attempt had to be retried

@@ -84,7 +84,7 @@ def test_stream_ends_at_request_timeout(make_upstream: Any, make_proxy: Any) -> 
             body = r.read()
     took = time.monotonic() - t
     assert b'"timeout"' in body
-    assert took < 2.6, f"request_timeout_s=2 but the stream ran {took:.2f}s"
+    assert took < 2 + 1.0, f"request_timeout_s=2 but the stream ran {took:.2f}s"
 
 
 def test_errors_total_has_no_python_none_label(make_upstream: Any, make_proxy: Any) -> None:

@@ -16,6 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.wait import until
+
 MSG = [{"role": "user", "content": "hi"}]
 
 
@@ -126,13 +128,10 @@ def test_sigterm_turns_readiness_off_and_drains_in_flight(serve: Any, make_upstr
 
     t = threading.Thread(target=slow)
     t.start()
-    deadline = time.monotonic() + 5
-    while up.app.generation_requests == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    up.wait_arrived(1)  # the slow request is in flight
     s.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.2)
     with httpx.Client(base_url=s.base, timeout=5) as http:
-        assert http.get("/readyz").status_code == 503
+        until(lambda: http.get("/readyz").status_code == 503, "readiness to turn off after SIGTERM")
         late = http.post("/v1/chat/completions", json={"model": "test-model", "messages": MSG})
         assert late.status_code == 503 and late.json()["error"]["code"] == "shutting_down"
     t.join(10)
@@ -158,9 +157,7 @@ def test_sigterm_grace_over_still_exits_zero(serve: Any, make_upstream: Any, tmp
 
     t = threading.Thread(target=slow)
     t.start()
-    deadline = time.monotonic() + 5
-    while up.app.generation_requests == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    up.wait_arrived(1)  # the slow request is in flight
     t0 = time.monotonic()
     s.proc.send_signal(signal.SIGTERM)
     assert s.proc.wait(10) == 0

@@ -9,7 +9,7 @@ connection's open and close (so a test can see how soon the gateway let go of it
 
 Modes (MODES): ok, 500, 503, 429 (with Retry-After), slow_headers, slow_body, reset_before_first_byte,
 reset_mid_stream, truncated_sse, invalid_json, oversized, never_ends, hold (answers the head and first
-chunk, then nothing until ``release`` is set: for cancellation tests).
+chunk, then nothing until ``release()`` or the client leaves: for cancellation tests).
 """
 
 from __future__ import annotations
@@ -92,8 +92,7 @@ class FaultServer:
         self.trickle_s = trickle_s
         self.retry_after = retry_after
         self.oversize_bytes = oversize_bytes
-        self.release = threading.Event()
-        """Mode ``hold``: set to let held responses finish."""
+        self._released: asyncio.Event | None = None  # mode hold: set by release(), in the server's loop
         self.connections: list[ConnRecord] = []
         self.attempts = 0
         """Generation requests received (first tries and retries)."""
@@ -148,8 +147,9 @@ class FaultServer:
 
     async def _held(self, reader: asyncio.StreamReader) -> bool:
         """Mode hold: wait for ``release`` or for the client to leave, whichever comes first (True: it left)."""
+        assert self._released is not None
         gone = asyncio.ensure_future(reader.read(1))
-        released = asyncio.ensure_future(asyncio.to_thread(self.release.wait, 60))
+        released = asyncio.ensure_future(self._released.wait())
         await asyncio.wait({gone, released}, return_when=asyncio.FIRST_COMPLETED)
         if gone.done():
             released.cancel()
@@ -158,8 +158,11 @@ class FaultServer:
         return False
 
     async def _answer(self, req: dict[str, Any], reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
-        """Answer one request as the mode says; False: the connection ends here."""
-        mode, stream = self.mode, bool(req.get("stream"))
+        """Answer one request as the mode says (a model named ``fault-<mode>`` picks its own: a soak mixes
+        them); False: the connection ends here."""
+        model = req.get("model")
+        mode = model[6:] if isinstance(model, str) and model[6:] in MODES and model.startswith("fault-") else self.mode
+        stream = bool(req.get("stream"))
         if mode in ("500", "503"):
             err = json.dumps({"error": {"message": f"injected {mode}", "type": "server_error"}}).encode()
             w.write(_json_response(int(mode), err))
@@ -244,6 +247,11 @@ class FaultServer:
 
     # ----- lifecycle --------------------------------------------------------------------------------
 
+    def release(self) -> None:
+        """Mode hold: let the held responses finish."""
+        assert self._loop is not None and self._released is not None
+        self._loop.call_soon_threadsafe(self._released.set)
+
     def wait_connection(self, index: int, timeout: float = 30) -> ConnRecord:
         """The ``index``-th connection, waited for (a condition variable, no polling)."""
         with self._new_conn:
@@ -262,11 +270,12 @@ class FaultServer:
     async def _main(self, sock: socket.socket, ready: threading.Event) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        self._released = asyncio.Event()
         server = await asyncio.start_server(self._conn, sock=sock)
         ready.set()
         async with server:
             await self._stop.wait()
-            self.release.set()
+            self._released.set()
             tasks = asyncio.all_tasks() - {asyncio.current_task()}
             for t in tasks:
                 t.cancel()

@@ -17,6 +17,7 @@ import uvloop
 from gateway.config import GatewayConfig, validate_config
 from gateway.core.gateway import Gateway
 from gateway.http.app import create_app
+from tests.support.wait import BOUND_S
 
 __all__ = ["RunningProxy", "upstream_config"]
 
@@ -82,7 +83,7 @@ class RunningProxy:
         self._thread = threading.Thread(target=self._thread_main, args=(sock,), daemon=True,
                                         name=f"proxy-{self.port}")
         self._thread.start()
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + BOUND_S  # a bound on a hang, not a timer: start is waited for as a state
         while self._server is None or not self._server.started:
             if self._error is not None:
                 raise RuntimeError(f"proxy failed to start: {self._error!r}") from self._error
