@@ -12,21 +12,28 @@ only slow the benchmark down.
 
 Per-step cost is the engine's decode step (forward, processors, sampling, bookkeeping; the prefill step
 excluded), measured as CPU time of the thread with torch single-threaded, so it stays meaningful on a
-loaded machine. Methods:
+loaded machine (medians). Each decoder's own calls (process, allowed_token_ids, eos_allowed, advance,
+finished) are also timed alone: ``1 + own / unconstrained step`` is the ratio with the noise of the
+model's forward taken out. Methods:
 
 - ``none``: unconstrained decoding (the baseline step);
-- ``decog``: ours, table cached (built before timing), all hidden states;
+- ``decog``: ours, table and per-state tensors cached (two untimed generations first), all hidden states;
 - ``decog-prune``: ours with ``prune_top_k = h / 8``;
 - ``ctrlg-naive``: bench/decog_ctrlg.py (dense masks, full (T+1)·|S|·h table per request, every state and
   every token per step). Its per-request table build is reported separately from its per-step cost.
 
 Table build: ``build_decog`` on a fresh resource cache (first use: format compiled, table built) and
 again (cached), for a small template at a 256-token budget; and the naive peer's per-request build.
+
+Format compilation at vocabulary scale: a byte-level BPE tokenizer with ``--vocab-size`` (150,000) random
+tokens (the 256 bytes plus random strings of 2-12 characters), the vocabulary table built once, then
+each format compiled to its token automaton (wall clock).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import statistics
@@ -62,12 +69,33 @@ SMALL_TEMPLATE = "Score: {choice:1|2|3|4|5}"
 clock = time.thread_time
 
 
+def _timed(proc: Processor, sink: list[float]) -> Processor:
+    """Wrap a processor's per-step calls to add their CPU time to ``sink`` (one entry per step)."""
+    spent = [0.0]
+    for name in ("process", "allowed_token_ids", "eos_allowed", "advance", "finished"):
+        inner = getattr(proc, name)
+
+        def wrapper(*a: Any, _inner: Any = inner, _name: str = name) -> Any:
+            t0 = clock()
+            out = _inner(*a)
+            spent[0] += clock() - t0
+            if _name == "finished":
+                sink.append(spent[0])
+                spent[0] = 0.0
+            return out
+
+        setattr(proc, name, wrapper)
+    return proc
+
+
 def step_times(engine: Engine, prompt: list[int], make: Callable[[], Processor | None], runs: int, budget: int,
-               seed0: int = 0) -> list[float]:
+               seed0: int = 0, own: list[float] | None = None) -> list[float]:
     """CPU seconds of every decode step after the first (prefill) one, over ``runs`` generations."""
     out: list[float] = []
     for i in range(runs):
         proc = make()
+        if proc is not None and own is not None:
+            proc = _timed(proc, own)
         handle = engine.submit(prompt, SamplingParams(max_tokens=budget, seed=seed0 + i, ignore_eos=proc is None),
                                proc)
         engine.step()
@@ -105,6 +133,25 @@ def check_peer_agrees(engine: Engine, prompt: list[int], hmm: HMM, kind: str, so
     return worst
 
 
+def table_build(engine: Engine, prompt: list[int], hmm: HMM, template: str, budget: int) -> dict[str, Any]:
+    """``build_decog`` on a fresh cache (format compiled, table built), again (cached), and the naive peer."""
+    options = {"format": {"template": template}, "hmm": "h"}
+    ctx = dataclasses.replace(engine.decoder_context(prompt, SamplingParams(max_tokens=budget)),
+                              resources=ResourceCache(1 << 30))
+    t0 = time.perf_counter()
+    first = build_decog(options, ctx, {"h": hmm})
+    first_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    again = build_decog(options, ctx, {"h": hmm})
+    cached_s = time.perf_counter() - t0
+    peer = NaiveCtrlG(first.dfa, hmm, engine.eos_token_ids, budget, engine.vocab_size)
+    return {"h": hmm.hidden_states, "template": template, "first_use_ms": first_s * 1000,
+            "table_ms": first.table.seconds * 1000, "cached_ms": cached_s * 1000,
+            "cached": bool(again.stats()["table_cached"]), "table_rows": int(first.table.ba.shape[0]),
+            "table_bytes": first.table.nbytes, "states": first.dfa.num_states,
+            "naive_ms": peer.build_seconds * 1000, "naive_bytes": int(peer.table.numel() * 4)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--hidden", default="64,256,1024")
@@ -113,6 +160,8 @@ def main() -> int:
     ap.add_argument("--table-budget", type=int, default=256, help="budget of the table-build measurement")
     ap.add_argument("--formats", default=",".join(FORMATS))
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: CPU time per step is exact)")
+    ap.add_argument("--vocab-size", type=int, default=150_000, help="format compilation at this vocabulary size "
+                    "(0: skip)")
     ap.add_argument("--quick", action="store_true", help="2 runs, h in {64, 256}")
     args = ap.parse_args()
     if args.quick:
@@ -164,46 +213,37 @@ def main() -> int:
                 ("none", lambda: None), ("decog", ours), ("decog-prune", functools.partial(ours, max(1, h // 8))),
                 ("ctrlg-naive", peer)]
             times: dict[str, list[float]] = {m: [] for m, _ in methods}
+            for _name, make in methods:  # warm-up: per-state tensors are built on a state's first visit, then cached
+                step_times(engine, prompt, make, 2, args.budget, seed0=1000)
+            own: dict[str, list[float]] = {m: [] for m, _ in methods}
             for r in range(args.runs):  # interleaved, so load changes hit every method alike
                 for name, make in methods:
-                    times[name] += step_times(engine, prompt, make, 1, args.budget, seed0=r)
+                    times[name] += step_times(engine, prompt, make, 1, args.budget, seed0=r, own=own[name])
             local_base = median_ms(times["none"])
             for name, _ in methods[1:]:
                 ms = median_ms(times[name])
+                own_ms = median_ms(own[name])
                 row = {"method": name, "h": h, "format": fname, "step_ms": ms, "ratio": ms / local_base,
-                       "base_ms": local_base, "steps": len(times[name]), "states": dfa.num_states}
+                       "base_ms": local_base, "own_ms": own_ms, "own_ratio": 1 + own_ms / local_base,
+                       "steps": len(times[name]), "states": dfa.num_states}
                 if name == "ctrlg-naive":
                     row["build_ms_per_request"] = statistics.median(peer_builds) * 1000
                 rows.append(row)
                 extra = f"  (+ {row['build_ms_per_request']:.1f} ms table per request)" if "build_ms_per_request" in row else ""
                 print(f"h={h:5d} {fname:7s} {name:12s} {ms:7.3f} ms/step  x{ms / local_base:5.2f} vs "
-                      f"{local_base:.3f}{extra}")
-        # Table build for a small template at the table budget: first use vs cached, and the peer.
-        options = {"format": {"template": SMALL_TEMPLATE}, "hmm": "h"}
-        fresh = ResourceCache(512 << 20)
-        import dataclasses
-
-        ctx = dataclasses.replace(engine.decoder_context(prompt, SamplingParams(max_tokens=args.table_budget)),
-                                  resources=fresh)
-        t0 = time.perf_counter()
-        first = build_decog(options, ctx, hmms)
-        first_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        again = build_decog(options, ctx, hmms)
-        cached_s = time.perf_counter() - t0
-        peer_p = NaiveCtrlG(first.dfa, hmm, engine.eos_token_ids, args.table_budget, engine.vocab_size)
+                      f"{local_base:.3f}; its own calls {own_ms * 1000:6.0f} us/step (x{row['own_ratio']:.2f}){extra}")
+        # Table build at the table budget: first use vs cached, and the peer (small template first).
         worst = check_peer_agrees(engine, prompt, hmm, "template", FORMATS["answer"][1], args.budget)
-        b = {"h": h, "first_use_ms": first_s * 1000, "table_ms": first.table.seconds * 1000,
-             "cached_ms": cached_s * 1000, "cached": bool(again.stats()["table_cached"]),
-             "table_rows": int(first.table.ba.shape[0]), "table_bytes": first.table.nbytes,
-             "naive_ms": peer_p.build_seconds * 1000, "naive_bytes": int(peer_p.table.numel() * 4),
-             "max_score_diff_vs_naive": worst}
-        builds.append(b)
-        print(f"h={h:5d} table for {SMALL_TEMPLATE!r} at {args.table_budget} tokens: first use {b['first_use_ms']:.1f} ms "
-              f"(table {b['table_ms']:.1f} ms, {b['table_rows']} rows, {b['table_bytes'] / 1e6:.2f} MB), cached "
-              f"{b['cached_ms']:.3f} ms; naive {b['naive_ms']:.1f} ms ({b['naive_bytes'] / 1e6:.2f} MB); "
-              f"max |ours - naive| score {worst:.2e}")
-    result = {"rows": rows, "builds": builds, "args": vars(args)}
+        for template in (SMALL_TEMPLATE, FORMATS["event"][1]):
+            b = table_build(engine, prompt, hmm, template, args.table_budget)
+            b["max_score_diff_vs_naive"] = worst
+            builds.append(b)
+            print(f"h={h:5d} table for {template[:26]!r} at {args.table_budget} tokens: first use "
+                  f"{b['first_use_ms']:.1f} ms (table {b['table_ms']:.1f} ms, {b['table_rows']} rows, "
+                  f"{b['table_bytes'] / 1e6:.2f} MB), cached {b['cached_ms']:.3f} ms; naive {b['naive_ms']:.1f} ms "
+                  f"({b['naive_bytes'] / 1e6:.2f} MB); max |ours - naive| score {worst:.2e}")
+    compiles = compile_at_scale(args.vocab_size) if args.vocab_size else []
+    result = {"rows": rows, "builds": builds, "compiles": compiles, "args": vars(args)}
     (OUT / "decog_cost.json").write_text(json.dumps(result, indent=2))
     print(f"wrote {OUT / 'decog_cost.json'}")
     try:
@@ -211,6 +251,42 @@ def main() -> int:
     except ImportError:
         print("matplotlib not installed; no PNG", file=sys.stderr)
     return 0
+
+
+def compile_at_scale(size: int) -> list[dict[str, Any]]:
+    """Seconds to build the vocabulary table and compile each format for a synthetic ``size``-token vocabulary."""
+    import random
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from decoders.formats import token_bytes
+    from decoders.trie.vocab import _gpt2_byte_decoder
+
+    to_char = {b: c for c, b in _gpt2_byte_decoder().items()}
+    rng = random.Random(0)
+    alphabet = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,:;-_#\n"
+    vocab = {to_char[b]: b for b in range(256)}
+    while len(vocab) < size:
+        word = bytes(rng.choice(alphabet) for _ in range(rng.randint(2, 12)))
+        vocab.setdefault("".join(to_char[b] for b in word), len(vocab))
+    raw = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw)
+    resources = ResourceCache(1 << 30)
+    t0 = time.perf_counter()
+    token_bytes(tok, resources)
+    out = [{"format": "(vocabulary table)", "vocab": size, "seconds": time.perf_counter() - t0}]
+    for name, (kind, source) in {"gsm8k": ("template", "#### {int}"), **FORMATS}.items():
+        t0 = time.perf_counter()
+        dfa = compile_format(kind, source, tok, resources)
+        out.append({"format": name, "vocab": size, "seconds": time.perf_counter() - t0, "states": dfa.num_states,
+                    "edges": dfa.num_edges})
+    for r in out:
+        print(f"vocab {size}: {r['format']:20s} {r['seconds'] * 1000:8.1f} ms"
+              + (f"  ({r['states']} states, {r['edges']} edges)" if "states" in r else ""))
+    return out
 
 
 def plot(rows: list[dict[str, Any]], builds: list[dict[str, Any]]) -> None:
@@ -226,7 +302,7 @@ def plot(rows: list[dict[str, Any]], builds: list[dict[str, Any]]) -> None:
         pts: dict[int, list[float]] = {}
         for r in rows:
             if r["method"] == method:
-                pts.setdefault(r["h"], []).append(r["ratio"])
+                pts.setdefault(r["h"], []).append(r["own_ratio"])
         hs = sorted(pts)
         left.plot(hs, [statistics.mean(pts[h]) for h in hs], marker="o", label=label)
     left.axhline(1.0, color="grey", lw=0.8, label="unconstrained step")
@@ -234,17 +310,21 @@ def plot(rows: list[dict[str, Any]], builds: list[dict[str, Any]]) -> None:
     left.set_xscale("log", base=2)
     left.set_yscale("log")
     left.set_xlabel("HMM hidden states h")
-    left.set_ylabel("step time / unconstrained step (mean over formats)")
+    left.set_ylabel("1 + decoder CPU per step / unconstrained step\n(mean over formats)")
     left.legend(fontsize=8)
-    hs = [b["h"] for b in builds]
-    right.plot(hs, [b["first_use_ms"] for b in builds], marker="o", label="ours, first use")
-    right.plot(hs, [b["cached_ms"] for b in builds], marker="o", label="ours, cached")
-    right.plot(hs, [b["naive_ms"] for b in builds], marker="o", label="Ctrl-G naive, every request")
+    for template, style in ((SMALL_TEMPLATE, "-"), (FORMATS["event"][1], ":")):
+        sel = [b for b in builds if b["template"] == template]
+        hs = [b["h"] for b in sel]
+        tag = "small" if template == SMALL_TEMPLATE else "event"
+        right.plot(hs, [b["first_use_ms"] for b in sel], style, marker="o", color="C0", label=f"ours, first use ({tag})")
+        right.plot(hs, [b["cached_ms"] for b in sel], style, marker="o", color="C1", label=f"ours, cached ({tag})")
+        right.plot(hs, [b["naive_ms"] for b in sel], style, marker="o", color="C2",
+                   label=f"Ctrl-G naive, every request ({tag})")
     right.axhline(1000, color="red", lw=0.8, ls="--", label="target 1 s")
     right.set_xscale("log", base=2)
     right.set_yscale("log")
     right.set_xlabel("HMM hidden states h")
-    right.set_ylabel(f"table build (ms), {SMALL_TEMPLATE!r}")
+    right.set_ylabel("table build at 256 tokens (ms)")
     right.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(OUT / "decog_cost.png", dpi=120)

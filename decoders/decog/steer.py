@@ -44,12 +44,15 @@ class StateIndex:
     ids_np: np.ndarray
     dst_of: np.ndarray
     """(m,) the successor of each id in ``ids_np``."""
-    mask: torch.Tensor
-    """(V,) bool: the ids, as a mask."""
+
+
+EAGER_ENTRIES = 1 << 20
+"""Formats whose edges list at most this many tokens in all get every state's tensors at construction (a
+step then never builds one); larger ones (long text slots over big vocabularies) build them on first visit."""
 
 
 class FormatIndex:
-    """A :class:`TokenDFA` with per-state tensors built on first use (shared by every request of the format)."""
+    """A :class:`TokenDFA` with per-state tensors (shared by every request of the format)."""
 
     def __init__(self, dfa: TokenDFA, device: torch.device | str = "cpu", width: int | None = None) -> None:
         self.dfa = dfa
@@ -57,6 +60,11 @@ class FormatIndex:
         self.width = width if width is not None else dfa.vocab_size
         """Logits width V (may exceed the tokenizer's vocabulary)."""
         self._states: dict[int, StateIndex] = {}
+        self._masks: dict[int, torch.Tensor] = {}
+        sizes = np.asarray([len(x) for x in dfa.sets], dtype=np.int64)
+        if int(sizes[dfa.edge_set].sum()) <= EAGER_ENTRIES:
+            for s in range(dfa.num_states):
+                self.state(s)
 
     def state(self, s: int) -> StateIndex:
         hit = self._states.get(s)
@@ -69,8 +77,6 @@ class FormatIndex:
             ids, rows = ids[order], rows[order]
             dsts = np.asarray([d for _, d in edges], dtype=np.int64)
             dist = self.dfa.dist[dsts].astype(np.int64)
-            mask = torch.zeros(self.width, dtype=torch.bool)
-            mask[torch.from_numpy(ids)] = True
             dev = self.device
             hit = StateIndex(
                 ids=torch.from_numpy(ids).to(dev),
@@ -81,9 +87,17 @@ class FormatIndex:
                 max_dist=int(dist.max()) if dist.size else 0,
                 ids_np=ids,
                 dst_of=dsts[rows],
-                mask=mask.to(dev),
             )
             self._states[s] = hit
+        return hit
+
+    def mask(self, s: int) -> torch.Tensor:
+        """(V,) bool: the tokens allowed from ``s`` (budget aside), built on first use."""
+        hit = self._masks.get(s)
+        if hit is None:
+            hit = torch.zeros(self.width, dtype=torch.bool, device=self.device)
+            hit[self.state(s).ids] = True
+            self._masks[s] = hit
         return hit
 
     def next_state(self, s: int, token: int) -> int:
@@ -95,9 +109,9 @@ class FormatIndex:
 
     @property
     def nbytes(self) -> int:
-        per = sum(sum(t.numel() * t.element_size() for t in (x.ids, x.rows, x.flat, x.dsts, x.dist, x.mask))
+        per = sum(sum(t.numel() * t.element_size() for t in (x.ids, x.rows, x.flat, x.dsts, x.dist))
                   + x.ids_np.nbytes + x.dst_of.nbytes for x in self._states.values())
-        return self.dfa.nbytes + per
+        return self.dfa.nbytes + per + len(self._masks) * self.width
 
 
 class MaskProcessor(Processor):
@@ -129,7 +143,7 @@ class MaskProcessor(Processor):
 
     def allowed_token_ids(self) -> torch.Tensor | None:
         st, ok = self._allowed()
-        return st.mask if ok is None else st.ids[ok]
+        return self.index.mask(self.state) if ok is None else st.ids[ok]
 
     def eos_allowed(self) -> bool:
         return bool(self.dfa.accept[self.state])
