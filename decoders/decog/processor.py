@@ -135,6 +135,10 @@ def table_for(resources: ResourceCache, hmm_key: str, hmm: HMM, index: FormatInd
             f"{_P}format.{dfa.kind}")
     key = ("decog.table", hmm_key, dfa.kind, dfa.source, need)
     table: BackwardTable = resources.get_or_build(key, lambda: build_table(hmm, dfa, need))
+    if table.nbytes > resources.max_bytes:
+        logger.warning("decog: a %.0f MB backward table does not fit the model's resource cache (%.0f MB), so "
+                       "every request with this format rebuilds it; give the engine a larger resource cache",
+                       table.nbytes / 1e6, resources.max_bytes / 1e6)
     return table, False
 
 
