@@ -7,9 +7,10 @@ One command (from the repository root):
 
 For each model (the locally built stand-in classifier that `make run` serves, and a classifier with
 the dimensions of microsoft/llmlingua-2-bert-base-multilingual-cased-meetingbank, synthetic
-weights) and each batch policy (on: the CPU defaults; off: `batching: false`, one request at a
-time), it starts `promptwire serve --config` on 127.0.0.1 and drives /v1/compress from a separate
-load process with closed-loop clients at concurrency 1, 4 and 16, for two kinds of documents:
+weights) it starts two `promptwire serve --config` on 127.0.0.1, one per batch policy (on: the CPU
+defaults; off: `batching: false`, one request at a time), and drives /v1/compress from a separate
+load process with closed-loop clients at concurrency 1, 4 and 16, each cell on both servers in
+alternating order (so other load on the machine hits both alike), for two kinds of documents:
 short prompts (40-128 model tokens, the common chat case) and full 510-token windows. Every
 document is sent in every cell and its compressed text must be the same everywhere (same
 decisions). Prints a table of requests/s, model tokens/s, p50/p99 latency and the targets, and
@@ -273,15 +274,21 @@ def main() -> None:
         docs = {k: make_docs(model, k, 24) for k in KINDS}
         cells[name] = {k: {} for k in KINDS}
         reference: dict[str, dict[int, str]] = {k: {} for k in KINDS}
-        for batching in (True, False):
-            mode = "on" if batching else "off"
-            server = start_server(work, model, batching)
-            try:
-                for kind in KINDS:
+        # both servers up at once, each cell run on one then the other (alternating which goes first),
+        # so load from other processes on the machine hits both policies alike
+        servers = {"on": start_server(work, model, True)}
+        try:
+            servers["off"] = start_server(work, model, False)
+            turn = 0
+            for kind in KINDS:
+                for mode in servers:
                     cells[name][kind][mode] = {}
-                    for c in CONCURRENCY:
-                        n = requests_for(kind, c, name, args.quick)
-                        cell = run_cell(server.port, docs[kind], c, n)
+                for c in CONCURRENCY:
+                    n = requests_for(kind, c, name, args.quick)
+                    order = ["on", "off"] if turn % 2 == 0 else ["off", "on"]
+                    turn += 1
+                    for mode in order:
+                        cell = run_cell(servers[mode].port, docs[kind], c, n)
                         for i, text in cell.pop("texts").items():
                             ref = reference[kind].setdefault(int(i), text)
                             same &= ref == text
@@ -289,7 +296,8 @@ def main() -> None:
                         print(f"[{name} {kind} batching {mode} c={c}] {cell['rps']:.1f} req/s "
                               f"p50 {cell['p50_ms']:.1f} ms p99 {cell['p99_ms']:.1f} ms "
                               f"errors {cell['errors']}", flush=True)
-            finally:
+        finally:
+            for server in servers.values():
                 server.stop()
     rows = summarise(cells)
     print()

@@ -426,7 +426,8 @@ def size_rows(docs: list[dict[str, Any]], runs: dict[str, dict[str, Any]]) -> li
         if not idx:
             continue
         tokens = sum(docs[j]["tokens"] for j in idx)
-        row: dict[str, Any] = {"sizes": f"{docs[idx[0]]['tokens']}-{docs[idx[-1]]['tokens']}", "documents": len(idx),
+        sizes = [docs[j]["tokens"] for j in idx]
+        row: dict[str, Any] = {"sizes": f"{min(sizes)}-{max(sizes)}", "documents": len(idx),
                                "tokens": tokens}
         base = sum(statistics.median(runs["llmlingua"]["times"][j]) for j in idx)
         for system, res in runs.items():
