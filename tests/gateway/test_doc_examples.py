@@ -1,6 +1,6 @@
-"""Every compression example in README.md and docs/ runs against a real server started from the
-embedded default config (what `make run` serves): the examples are read from the markdown, so an
-example that breaks fails here."""
+"""Every example in README.md that talks to `make run`'s server, and every compression example in
+docs/, runs against a real server started from the embedded default config (what `make run` serves):
+the examples are read from the markdown, so an example that breaks fails here."""
 
 from __future__ import annotations
 
@@ -16,19 +16,22 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 _FENCE = re.compile(r"^```(\w+)[^\n]*\n(.*?)^```", re.M | re.S)
-_MAKE_RUN = "127.0.0.1:8080"
+_MAKE_RUN = ("127.0.0.1:8080", "localhost:8080")
 
 
-def compression_examples(path: Path) -> list[tuple[str, str, str]]:
-    """(id, language, code) of each bash/python block that talks to `make run`'s server about compression.
-    LiteLLM examples need LiteLLM (tests/compressors/test_litellm_callback.py runs that path)."""
+def compression_examples(path: Path, *, only_compression: bool = True) -> list[tuple[str, str, str]]:
+    """(id, language, code) of each bash/python block that talks to `make run`'s server (about
+    compression, unless ``only_compression`` is false). LiteLLM examples need LiteLLM
+    (tests/compressors/test_litellm_callback.py runs that path)."""
     out = []
     text = path.read_text(encoding="utf-8")
     for m in _FENCE.finditer(text):
         lang, code = m.group(1), m.group(2)
         if lang not in ("bash", "sh", "shell", "python"):
             continue
-        if _MAKE_RUN not in code or not ("/v1/compress" in code or '"compress"' in code) or "litellm" in code:
+        if not any(h in code for h in _MAKE_RUN) or "litellm" in code:
+            continue
+        if only_compression and not ("/v1/compress" in code or '"compress"' in code):
             continue
         line = text[: m.start()].count("\n") + 1
         out.append((f"{path.relative_to(ROOT)}:{line}", lang, code))
@@ -37,7 +40,7 @@ def compression_examples(path: Path) -> list[tuple[str, str, str]]:
 
 DOCS = [p for p in sorted((ROOT / "docs").glob("*.md"))]
 EXAMPLES = [e for p in DOCS for e in compression_examples(p)]
-README_EXAMPLES = compression_examples(ROOT / "README.md")
+README_EXAMPLES = compression_examples(ROOT / "README.md", only_compression=False)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +71,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def _run(lang: str, code: str, host: str) -> subprocess.CompletedProcess[str]:
-    code = code.replace(_MAKE_RUN, host)
+    for h in _MAKE_RUN:
+        code = code.replace(h, host)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "PYTHONPATH": str(ROOT)}
     cmd = ["bash", "-euo", "pipefail", "-c", code] if lang != "python" else [sys.executable, "-c", code]
@@ -88,9 +92,7 @@ def test_docs_example_runs(server: str, where: str, lang: str, code: str) -> Non
 
 @pytest.mark.parametrize(("where", "lang", "code"), README_EXAMPLES, ids=[e[0] for e in README_EXAMPLES])
 def test_readme_example_runs(server: str, where: str, lang: str, code: str) -> None:
-    if "[...]" in code:
-        pytest.xfail("README's SDK example has placeholders (model='my-model', messages=[...]); the runnable "
-                     "text is in docs/compress-serving.md, to be applied to README.md by the lead")
+    assert "[...]" not in code, f"{where}: an example must run as written"
     run = _run(lang, code, server)
     assert run.returncode == 0, f"{where}\n{run.stdout[-2000:]}\n{run.stderr[-2000:]}"
     assert '"error"' not in run.stdout, f"{where}: {run.stdout[-2000:]}"
