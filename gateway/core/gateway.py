@@ -15,7 +15,7 @@ from gateway.core.pipeline import Pipeline, hook_stats, hooked_completion, hooke
 from gateway.core.policy import Admission, ApiKey, Keys, check_limits
 from gateway.core.routing import NO_BACKEND_MESSAGE, Route, Router, aclose_stream
 from gateway.errors import NoBackend, PermissionDenied, RequestTimeout
-from gateway.observe.metrics import Metrics
+from gateway.observe.metrics import Metrics, multiprocess
 from gateway.observe.tracing import RequestTrace, Tracer
 from gateway.providers.base import ProviderFactory
 from gateway.stages.base import ResponseHook, StageDeps
@@ -55,7 +55,9 @@ class Gateway:
         self.stage_table: Mapping[str, StageEntry] = STAGES
         self.decoder_table: Mapping[str, DecoderEntry] = DECODERS
         self.keys = Keys(config.auth.keys)
-        self.admission = Admission(config.limits.max_in_flight, config.limits.retry_after_s)
+        # several workers (serve --workers N) share the in-flight gauge: written at every change, not at scrapes
+        shared = self.metrics.in_flight.set if multiprocess() else None
+        self.admission = Admission(config.limits.max_in_flight, config.limits.retry_after_s, shared)
         self.router = Router(config, providers, self.metrics, self.decoder_table)
         self.pipeline = Pipeline(config, self.stage_table, self.metrics)
         self.tracer = Tracer(config.otel)

@@ -8,7 +8,7 @@ import fnmatch
 import hashlib
 import hmac
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from gateway.config.schema import ApiKeyConfig, LimitsConfig
@@ -76,9 +76,12 @@ class Keys:
 class Admission:
     """The in-flight limit and graceful shutdown: requests are admitted, released, and drained."""
 
-    def __init__(self, max_in_flight: int, retry_after_s: float) -> None:
+    def __init__(self, max_in_flight: int, retry_after_s: float,
+                 on_change: Callable[[int], None] | None = None) -> None:
         self.limit = max_in_flight
         self.retry_after_s = retry_after_s
+        self._on_change = on_change
+        """Told the new count at every change (``--workers``: the shared in-flight gauge, kept exact)."""
         self.in_flight = 0
         self.shutting_down = False
         self._idle = asyncio.Event()
@@ -92,11 +95,15 @@ class Admission:
                              retry_after=self.retry_after_s)
         self.in_flight += 1
         self._idle.clear()
+        if self._on_change is not None:
+            self._on_change(self.in_flight)
 
     def release(self) -> None:
         self.in_flight -= 1
         if self.in_flight == 0:
             self._idle.set()
+        if self._on_change is not None:
+            self._on_change(self.in_flight)
 
     async def drain(self, grace_s: float) -> bool:
         """Wait up to ``grace_s`` for in-flight requests to finish; True if all did."""

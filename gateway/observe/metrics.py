@@ -106,7 +106,8 @@ class Metrics:
             "Requests waiting for a connection to each openai backend (max_connections reached)", ["backend"],
             registry=r, multiprocess_mode="livesum",
         )
-        self._live = (self.in_flight, self.upstream_connections, self.upstream_waiting)
+        self._live = (self.upstream_connections, self.upstream_waiting)
+        """Published every second (``publish_every``); in_flight is written at every change instead."""
 
     def known_models(self, names: Iterable[str]) -> None:
         """Names the gateway serves (configured or discovered): always their own label, whatever
@@ -146,7 +147,7 @@ class Metrics:
         return generate_latest(registry)
 
     def publish(self) -> None:
-        """Multiprocess mode: write the function gauges' current values where other workers read them."""
+        """Multiprocess mode: write the connection gauges' current values where other workers read them."""
         for gauge in self._live:
             children: list[Any] = list(gauge._metrics.values()) if gauge._labelnames else [gauge]
             for child in children:

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from tests.support.served import ServedProcess
+from tests.support.wait import until
 
 
 def _free_port() -> int:
@@ -49,9 +50,14 @@ def test_metrics_with_workers_report_all_workers(make_upstream: Any, tmp_path: P
                               json={"model": "test-model", "messages": [{"role": "user", "content": "hi"}]})
                 assert r.status_code == 200
         assert up.app.generation_requests == n
-        for _ in range(8):  # every scrape, whichever worker answers it, counts all of them
+        def scrape() -> str:
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=20) as http:
-                text = http.get("/metrics").text
+                return http.get("/metrics").text
+
+        # a worker releases a request's slot just after its answer went out: wait for the sum to reach 0
+        until(lambda: _total(scrape(), "promptwire_in_flight") == 0, "in-flight to come back to 0")
+        for _ in range(8):  # every scrape, whichever worker answers it, counts all of them
+            text = scrape()
             assert _total(text, "promptwire_requests_total") == n, text
             assert _total(text, "promptwire_in_flight") == 0
         per_worker = _per_worker(tmp_path)

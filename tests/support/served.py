@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -27,8 +28,10 @@ class ServedProcess:
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None, *, workers: int = 1,
                  timeout: float = 90) -> None:
+        # a session of its own: kill() ends the workers of `--workers N` too, even when their parent is gone
         self.proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", *args],
-                                     stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=clean_env(env), text=True)
+                                     stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=clean_env(env), text=True,
+                                     start_new_session=True)
         self.log: list[str] = []
         self.records: list[dict[str, Any]] = []
         self._lines: queue.Queue[str | None] = queue.Queue()
@@ -81,11 +84,12 @@ class ServedProcess:
             self.kill()
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        """SIGKILL to the process and every worker it started (its process group)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
         self._reader.join(10)
-        if self.proc.stderr is not None:
+        if self.proc.stderr is not None and not self._reader.is_alive():  # (closing under a reader blocks)
             self.proc.stderr.close()
 
     def __enter__(self) -> ServedProcess:
