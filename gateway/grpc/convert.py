@@ -163,7 +163,10 @@ def _field_value(fd: FieldDescriptor, value: Any) -> Any:
     if fd.type == FieldDescriptor.TYPE_ENUM:
         enum = fd.enum_type
         prefix = re.sub(r"(?<!^)(?=[A-Z])", "_", enum.name).upper() + "_"
-        return enum.values_by_number[value].name.removeprefix(prefix).lower()
+        known = enum.values_by_number.get(value)
+        if known is None:  # proto3 enums are open: a number this build does not know stays a number,
+            return value  # and the table's check answers INVALID_ARGUMENT naming the option
+        return known.name.removeprefix(prefix).lower()
     return value
 
 

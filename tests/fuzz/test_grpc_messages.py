@@ -171,3 +171,19 @@ async def test_generated_messages_never_internal(channel: grpc.aio.Channel, path
     loop = asyncio.get_running_loop()
     await asyncio.to_thread(run)
     assert sum(seen.values()) >= examples(QUICK) // 2, seen
+
+
+async def test_an_unknown_enum_number_is_invalid_argument(channel: grpc.aio.Channel) -> None:
+    """Found by the long profile: an enum number this build does not know (proto3 enums are open) was a
+    KeyError, i.e. INTERNAL; it is the option's INVALID_ARGUMENT now."""
+    from protos.promptwire.v1 import common_pb2, gateway_pb2_grpc
+
+    stub = gateway_pb2_grpc.GatewayStub(channel)  # type: ignore[no-untyped-call]
+    req = gateway_pb2.ChatRequest(model="test-model", messages=[common_pb2.ChatMessage(role="user", content="x")])
+    req.decoder.trie.labels.append("a")
+    req.decoder.trie.mode = 25  # type: ignore[assignment]
+    with pytest.raises(grpc.aio.AioRpcError) as ei:
+        async for _ in stub.Chat(req, timeout=15):
+            pass
+    assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT, ei.value.details()
+    assert dict(ei.value.trailing_metadata() or ())["x-promptwire-error-param"] == "decoder.trie.mode"
