@@ -9,7 +9,9 @@ import numpy as np
 
 from decoders.formats.bytedfa import DEAD, ByteDFA
 from decoders.resources import ResourceCache
-from decoders.trie.vocab import _token_bytes  # the bytes each id spells, without the trie decoder's byte trie
+from decoders.trie.vocab import (
+    token_bytes as id_bytes,  # the bytes each id spells (the trie decoder's byte trie not built)
+)
 
 __all__ = ["Lifted", "TokenBytes", "token_bytes"]
 
@@ -36,7 +38,7 @@ class TokenBytes:
     """
 
     def __init__(self, tokenizer: Any) -> None:
-        pieces = _token_bytes(tokenizer)
+        pieces = id_bytes(tokenizer)
         self.vocab_size = len(pieces)
         self.pieces = pieces
         self.piece_set = frozenset(p for p in pieces if p)

@@ -10,7 +10,7 @@ from typing import Any
 
 from decoders.resources import ResourceCache
 
-__all__ = ["NEVER", "VocabBytes", "vocab_bytes"]
+__all__ = ["NEVER", "VocabBytes", "token_bytes", "vocab_bytes"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class VocabBytes:
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
-        self.pieces: list[bytes | None] = _token_bytes(tokenizer)
+        self.pieces: list[bytes | None] = token_bytes(tokenizer)
         self.special: frozenset[int] = frozenset(i for i, p in enumerate(self.pieces) if p is None)
         # Byte trie over the vocabulary: node 0 is the root; ends[n] lists the token ids spelling node n.
         self.children: list[dict[int, int]] = [{}]
@@ -147,7 +147,7 @@ class VocabBytes:
         return out
 
 
-def _token_bytes(tokenizer: Any) -> list[bytes | None]:
+def token_bytes(tokenizer: Any) -> list[bytes | None]:
     n = len(tokenizer)
     vocab: dict[str, int] = tokenizer.get_vocab()
     by_id: list[str | None] = [None] * n

@@ -99,7 +99,7 @@ class RunningProxy:
             self._server = None
 
     def __enter__(self) -> RunningProxy:
-        return self.start()
+        return self if self._thread is not None else self.start()  # ``with RunningProxy(c).start()`` too
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -14,11 +14,11 @@ import numpy as np
 
 # the compressor's export cache: same cache root, same content hash of the source weights
 from compressors.llmlingua2.export import (
-    _optimize,
     _resolve_source,
-    _save_external,
-    _source_hash,
     default_cache_dir,
+    optimize_graph,
+    save_external,
+    source_hash,
 )
 from gateway.stages.select_prompt.errors import SelectPromptError
 
@@ -97,7 +97,7 @@ def export_encoder(src: str | Path, out_dir: str | Path) -> Path:
 
     src_dir = _resolve_source(src)
     options = _options(src_dir)
-    digest = _source_hash(src_dir, options)
+    digest = source_hash(src_dir, options)
     out = Path(out_dir)
     if is_encoder_export(out) and json.loads((out / ENCODER_METADATA).read_text("utf-8")).get("source_hash") == digest:
         return out
@@ -118,7 +118,7 @@ def export_encoder(src: str | Path, out_dir: str | Path) -> Path:
                               for k in ("input_ids", "attention_mask", "token_type_ids", "last_hidden_state")},
                 opset_version=17, do_constant_folding=True, dynamo=False,
             )
-        _save_external(_optimize(fp32, Path(tmp_s) / "opt.onnx", config), out / _MODEL_FILE)
+        save_external(optimize_graph(fp32, Path(tmp_s) / "opt.onnx", config), out / _MODEL_FILE)
     tok.save_pretrained(out)
     if not (out / "tokenizer.json").is_file():
         raise EncoderError(f"{src}: no fast tokenizer (tokenizer.json)")
@@ -152,7 +152,7 @@ def ensure_encoder(src: str | Path | None = None, *, cache_dir: str | Path | Non
     src_dir = _resolve_source(src) if src is not None else default_encoder_source()
     if not src_dir.is_dir():
         raise EncoderError(f"encoder {src} is not a directory")
-    digest = _source_hash(src_dir, _options(src_dir))
+    digest = source_hash(src_dir, _options(src_dir))
     out = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / "encoders" / digest
     if is_encoder_export(out):
         return out
