@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import math
 import platform
 import tempfile
 import time
@@ -96,7 +97,8 @@ def run_engine(engine: Engine, items: list[Case], n: int, options: dict[str, Any
 
 
 @torch.inference_mode()
-def run_naive(model: Any, items: list[Case], n: int, threshold: float, alpha: float) -> tuple[list[list[int]], float]:
+def run_naive(model: Any, items: list[Case], n: int, threshold: float, alpha: float,
+              eos: int) -> tuple[list[list[int]], float]:
     """The reference code's shape: both prompts run every step, as two separate cached forwards."""
     kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     outs, contrasted = [], 0
@@ -116,6 +118,7 @@ def run_naive(model: Any, items: list[Case], n: int, threshold: float, alpha: fl
                 contrasted_scores = contrast(logits[0], logits[1], "prob", alpha, 0.1)
                 if contrasted_scores is not None:
                     scores = contrasted_scores
+            scores[eos] = -math.inf  # a fixed length, as ignore_eos / min_new_tokens give the other modes
             tok = int(scores.argmax())
             out.append(tok)
             feeds = [[tok], [tok]]
@@ -205,7 +208,7 @@ def main() -> int:
         "plain": lambda: run_engine(engine, items, n, None),
         "uscd eager": lambda: run_engine(engine, items, n, {**uscd, "lazy": False}),
         "uscd lazy": lambda: run_engine(engine, items, n, {**uscd, "lazy": True}),
-        "naive two-pass": lambda: run_naive(model, items, n, threshold, args.alpha),
+        "naive two-pass": lambda: run_naive(model, items, n, threshold, args.alpha, tok.eos_token_id),
         "transformers CFG": lambda: run_cfg(model, items, n, args.alpha),
         "generate plain": lambda: run_generate(model, items, n),
     }

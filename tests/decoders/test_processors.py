@@ -35,7 +35,8 @@ def test_context_defaults_are_usable_without_an_engine() -> None:
 
 def test_packages_import_without_torch() -> None:
     code = ("import sys; import decoders, decoders.processor, decoders.resources, decoders.trie, "
-            "decoders.trie.labels; print('torch' in sys.modules)")
+            "decoders.trie.labels, decoders.uscd, decoders.uscd.lame, decoders.uscd.options; "
+            "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
