@@ -163,8 +163,11 @@ def test_unknown_model_on_local_backend_is_404(llama_dir: Path, make_proxy: Any)
 
 
 def test_reserved_decoder_on_local_model_message_is_not_self_contradictory(
-    llama_dir: Path, make_proxy: Any
+    llama_dir: Path, make_proxy: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from gateway.stages.table import DECODERS, DecoderEntry
+
+    monkeypatch.setitem(DECODERS, "future", DecoderEntry("future", (), "reserved, not built", None, "", ""))
     proxy = make_proxy(
         {
             "server": {"grpc_port": None},
@@ -173,9 +176,10 @@ def test_reserved_decoder_on_local_model_message_is_not_self_contradictory(
     )
     with proxy.client() as client, pytest.raises(openai.BadRequestError) as ei:
         client.chat.completions.create(
-            model="tiny-llama", messages=M, extra_body={"promptwire": {"decoder": {"name": "uscd"}}}
+            model="tiny-llama", messages=M, extra_body={"promptwire": {"decoder": {"name": "future"}}}
         )  # type: ignore[arg-type]
-    assert "not served by" not in ei.value.message, ei.value.message
+    assert ei.value.code == "decoder_not_available" and ei.value.param == "promptwire.decoder.name"
+    assert "not served by" not in ei.value.message and "reserved" in ei.value.message, ei.value.message
 
 
 def test_upstream_errors_do_not_reveal_internal_urls(make_proxy: Any) -> None:
