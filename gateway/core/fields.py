@@ -54,6 +54,7 @@ FIELDS: tuple[FieldRule, ...] = (
     FieldRule("best_of", _COMPLETION, 1, 20, integer=True),
 )
 """The numeric fields OpenAI bounds (``n``'s maximum: the smaller of MAX_N and ``limits.max_n``)."""
+_BY_NAME = {rule.name: rule for rule in FIELDS}
 
 
 def _number(value: Any) -> bool:
@@ -83,9 +84,10 @@ def check_fields(kind: RequestKind, params: Mapping[str, Any], messages: Sequenc
     """Check a request's values against the table; InvalidRequest naming the field (OpenAI's name:
     ``temperature``, ``messages[2].role``) on the first that is out of bounds. ``openai_limits`` False
     (every backend of the route opted out) checks only what no backend can take (n, max_tokens)."""
-    for rule in FIELDS:
-        if kind in rule.kinds and (openai_limits or not rule.openai_only):
-            _check_rule(rule, params.get(rule.name), max_n)
+    for name, value in params.items():  # the fields the request has (a few), not every rule
+        rule = _BY_NAME.get(name)
+        if rule is not None and kind in rule.kinds and (openai_limits or not rule.openai_only):
+            _check_rule(rule, value, max_n)
     if not openai_limits:
         return
     if kind == "chat":

@@ -174,7 +174,7 @@ class Gateway:
         key = self.keys.of_request(req)
         check_limits(req, self.config.limits)
         route = self.router.route(req.model)
-        check_fields(req.kind, req.params, req.messages, openai_limits=self.router.openai_limits(route),
+        check_fields(req.kind, req.params, req.messages, openai_limits=route.openai_limits,
                      max_n=self.config.limits.max_n)
         self.router.check_decoder(req, route)
         plan = self.pipeline.plan(req, route, key)

@@ -50,6 +50,8 @@ class Route:
     """In failover order."""
     upstream_model: str | None
     specs: tuple[StageSpec, ...]
+    openai_limits: bool = True
+    """Whether OpenAI's value limits apply: unless every backend of the route opted out."""
 
 
 def _failover_ok(err: PromptwireError) -> bool:
@@ -146,15 +148,11 @@ class Router:
                 raise NotFound(f"the model {model!r} does not exist (served here: "
                                f"{', '.join(self.served_names()) or 'none'})", param="model")
             names = [default]
-        route = Route(tuple(self.providers[n] for n in names), upstream_model, specs)
+        limits = any(getattr(self.config.backends.get(n), "openai_limits", True) for n in names)
+        route = Route(tuple(self.providers[n] for n in names), upstream_model, specs, limits)
         if len(self._routes) < _MAX_ROUTES:
             self._routes[model] = route
         return route
-
-    def openai_limits(self, route: Route) -> bool:
-        """Whether OpenAI's value limits apply: unless every backend of the route opted out
-        (``openai_limits: false``)."""
-        return any(getattr(self.config.backends.get(p.name), "openai_limits", True) for p in route.providers)
 
     def served_names(self, limit: int | None = 20) -> list[str]:
         names = {m for ms in self._discovered.values() for m in ms}

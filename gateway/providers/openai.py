@@ -285,7 +285,7 @@ class OpenAIProvider:
                         self._raise_stream_error(payload)
                     # parsed here (a few µs) so that a malformed chunk ends the stream with an error instead
                     # of reaching the client; the raw bytes are still what is relayed
-                    data = json.loads(payload)
+                    data = json.loads(payload.decode())  # str: no encoding sniffing
                     if not isinstance(data, dict):
                         raise UpstreamError(f"backend {self.name!r} sent a stream chunk that is not a JSON object")
                     yield StreamChunk(data, raw=payload)
