@@ -188,9 +188,12 @@ def regex_choice(labels: list[str]) -> str:
 class Method:
     """One constraint method at one label set; ``generate`` runs one request and records its timings."""
 
-    def __init__(self, name: str, model: Any, tok: Any, labels: list[str], max_new: int, llg_tok: Any = None) -> None:
+    def __init__(self, name: str, model: Any, tok: Any, labels: list[str], max_new: int, llg_tok: Any = None,
+                 resources: ResourceCache | None = None) -> None:
         self.name, self.model, self.tok, self.labels, self.max_new = name, model, tok, labels, max_new
-        self.resources = ResourceCache(256 << 20)  # the engine's per-model cache: label tries built once
+        # the engine keeps one cache per model (the vocabulary table, label tries built once); share it across
+        # label sets the same way, so only the first label set pays for the vocabulary table
+        self.resources = resources if resources is not None else ResourceCache(256 << 20)
         self.label_set = set(labels)
         self.eos = tok.eos_token_id
         self.llg_tok = llg_tok
@@ -309,10 +312,11 @@ def main() -> int:
           f"torch threads {args.threads}, {args.gens} generations per cell; times are thread CPU time")
     rows: list[dict[str, Any]] = []
     sizes = [int(x) for x in args.sizes.split(",")]
+    resources = ResourceCache(256 << 20)  # one per model, as the engine has
     for size in sizes:
         labels = make_labels(tok, size)
-        cells = [Method(m, model, tok, labels if m != "none" else ["x"], 48 if m != "none" else 8, llg_tok)
-                 for m in methods]
+        cells = [Method(m, model, tok, labels if m != "none" else ["x"], 48 if m != "none" else 8, llg_tok,
+                        resources) for m in methods]
         # interleaved, so load on this (shared) machine hits every method alike
         for i, prompt in enumerate(prompts[: args.gens]):
             for cell in cells:
