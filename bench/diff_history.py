@@ -33,10 +33,11 @@ OpenHands' LLM summarising condenser needs an LLM call per condensation and is n
 Measured: prompt tokens (cl100k_base over every message's content and tool-call name + arguments,
 the same count for every method), the fraction of observation lines each method leaves recoverable
 from the condensed messages alone (ours: by applying the diffs; a masked output recovers nothing),
-and the time condensing takes on the 128-step traces: the library's diffs alone, and the gateway
-stage's ``apply`` (diffs, cl100k counts for its stats, the rebuilt request) cold (a history the
-gateway has never seen: every text counted) and warm (an agent's next turn: the earlier outputs'
-counts are cached).
+and the time condensing takes on the 128-step traces: the library's diffs alone; the gateway stage's
+``apply`` (diffs and the rebuilt request: what it adds to a request) cold (a history the gateway has
+never seen) and warm (an agent's next turn: the earlier pairs' diffs are cached); and how long the
+stage's cl100k counts for its stats take after a cold ``apply`` (a worker thread, while the upstream
+works; with ``budget_tokens`` they run before the request is sent instead).
 """
 
 from __future__ import annotations
@@ -379,9 +380,11 @@ def run_methods(msgs: Messages) -> dict[str, dict[str, float]]:
 
 def time_condense(msgs: Messages, repeats: int) -> dict[str, float]:
     """Median ms (wall and this thread's CPU) of condensing ``msgs``: the diffing alone (library, no
-    token counting), and the gateway stage's ``apply`` (diffs + cl100k counts for the stats + request
-    rebuild) cold (token-count and diff caches empty: a history the gateway has never seen) and warm
-    (the agent's previous turn went through first, so only the newest outputs are counted and diffed)."""
+    token counting), and the gateway stage's ``apply`` (diffs + request rebuild; the cl100k counts for
+    its stats run in a worker thread while the upstream works) cold (token-count and diff caches empty:
+    a history the gateway has never seen) and warm (the agent's previous turn went through first, so
+    only the newest outputs are counted and diffed). ``stats_cold``: how long after a cold ``apply``
+    the counted stats are ready (wall; off the request path, unless the upstream answers sooner)."""
     stage = CondenseHistoryStage()
     opts = stage.validate({})
 
@@ -393,8 +396,18 @@ def time_condense(msgs: Messages, repeats: int) -> dict[str, float]:
 
     async def timed(req: GatewayRequest, clock: Callable[[], float]) -> float:
         t0 = clock()
-        await stage.apply(req, opts)
-        return (clock() - t0) * 1000
+        res = await stage.apply(req, opts)
+        ms = (clock() - t0) * 1000
+        if res.settle is not None:
+            await res.settle  # not timed: it runs while the upstream works
+        return ms
+
+    async def settled(req: GatewayRequest) -> float:
+        res = await stage.apply(req, opts)
+        t0 = time.perf_counter()
+        assert res.settle is not None
+        await res.settle
+        return (time.perf_counter() - t0) * 1000
 
     def sample(kind: str, clock: Callable[[], float]) -> float:
         if kind == "diff_only":
@@ -403,14 +416,20 @@ def time_condense(msgs: Messages, repeats: int) -> dict[str, float]:
             return (clock() - t0) * 1000
         _token_cache.cache_clear()
         _diff_cache.cache_clear()
+        if kind == "stats_cold":
+            return loop.run_until_complete(settled(full))
         if kind == "stage_warm":
-            loop.run_until_complete(stage.apply(previous, opts))
+            before = loop.run_until_complete(stage.apply(previous, opts))
+            if before.settle is not None:  # its counting thread done, as an agent's previous turn would be
+                loop.run_until_complete(before.settle)
         return loop.run_until_complete(timed(full, clock))
 
     out: dict[str, float] = {}
     try:
-        for kind in ("diff_only", "stage_cold", "stage_warm"):
+        for kind in ("diff_only", "stage_cold", "stage_warm", "stats_cold"):
             for clock_name, clock in (("cpu", time.thread_time), ("wall", time.perf_counter)):
+                if kind == "stats_cold" and clock_name == "cpu":
+                    continue  # another thread's work
                 out[f"{kind}_{clock_name}_ms"] = statistics.median(
                     sample(kind, clock) for _ in range(repeats)
                 )
@@ -432,8 +451,9 @@ def print_table(results: dict[str, Any]) -> None:
                     f"{trace:<10} {n:>4} {name:<18} {r['tokens']:>8} {r['tokens'] / full:>7.1%} {r['recoverable']:>17.1%}"
                 )
     print("\ncondensing the 128-step traces, median ms (cpu = this thread's CPU time, wall = elapsed):")
-    print("  diff_only = the library's diffs alone; stage_cold / stage_warm = the gateway stage's apply with")
-    print("  cl100k stats, caches empty / after the previous turn (an agent loop's steady state)")
+    print("  diff_only = the library's diffs alone; stage_cold / stage_warm = the gateway stage's apply (the time")
+    print("  it adds to a request), caches empty / after the previous turn (an agent loop's steady state);")
+    print("  stats_cold = after a cold apply, until its cl100k counts (worker thread, while the upstream works) are in")
     for trace, t in results["timing"].items():
         print(f"  {trace:<10} " + "  ".join(f"{k} {v:.2f}" for k, v in t.items()))
 

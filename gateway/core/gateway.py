@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway.config.schema import GatewayConfig
 from gateway.core.fields import check_fields
-from gateway.core.pipeline import Pipeline, hook_stats, hooked_completion, hooked_stream
+from gateway.core.pipeline import Pending, Pipeline, hook_stats, hooked_completion, hooked_stream
 from gateway.core.policy import Admission, ApiKey, Keys, check_limits
 from gateway.core.routing import NO_BACKEND_MESSAGE, Route, Router, aclose_stream
 from gateway.errors import NoBackend, PermissionDenied, RequestTimeout
@@ -169,7 +169,7 @@ class Gateway:
 
     async def _prepare(
         self, req: GatewayRequest, deadline: float | None, rt: RequestTrace | None = None
-    ) -> tuple[GatewayRequest, Route, list[StageStats], list[ResponseHook]]:
+    ) -> tuple[GatewayRequest, Route, list[StageStats], list[ResponseHook], Pending]:
         """Checks, routing and stages: everything before the provider call."""
         key = self.keys.of_request(req)
         check_limits(req, self.config.limits)
@@ -181,10 +181,10 @@ class Gateway:
         if self._log_prompts and logger.isEnabledFor(logging.DEBUG):  # operator opted in (log_prompts)
             logger.debug("request %s prompt: %s", req.request_id, req.prompt_text(),
                          extra={"request_id": req.request_id})
-        req, stats, hooks = await self.pipeline.run(req, plan, rt)
+        req, stats, hooks, pending = await self.pipeline.run(req, plan, rt)
         if route.upstream_model is not None or deadline != req.deadline:
             req = dataclasses.replace(req, model=route.upstream_model or req.model, deadline=deadline)
-        return req, route, stats, hooks
+        return req, route, stats, hooks, pending
 
     def _deadline(self, req: GatewayRequest) -> float | None:
         """Absolute monotonic deadline: the front end's (gRPC deadline) or the configured timeout."""
@@ -235,7 +235,7 @@ class Gateway:
         self, req: GatewayRequest, rt: RequestTrace | None,
         upstream: Callable[[GatewayRequest, Route, RequestTrace | None, list[ResponseHook], list[StageStats]],
                            Awaitable[T]],
-        what: str, *, hold: bool,
+        what: str, *, hold: bool, discard: Callable[[T], Awaitable[None]] | None = None,
     ) -> tuple[T, list[StageStats], float | None, float, float]:
         """Admit the request (in-flight limit), then within its deadline run the checks and stages and
         ``upstream``. Returns upstream's result, the stats, the deadline, and when the upstream call began
@@ -248,10 +248,20 @@ class Gateway:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 try:
                     async with asyncio.timeout(remaining):
-                        req2, route, stats, hooks = await self._prepare(req, deadline, rt)
+                        req2, route, stats, hooks, pending = await self._prepare(req, deadline, rt)
                         t1 = time.perf_counter()
                         result = await upstream(req2, route, rt, hooks, stats)
                         t2 = time.perf_counter()
+                        if pending:  # stats completed off the request path while the upstream worked
+                            try:
+                                await self.pipeline.settle(stats, pending, rt)
+                            except BaseException:
+                                if discard is not None:
+                                    await discard(result)
+                                raise
+                            waited = time.perf_counter() - t2  # gateway overhead (and before a first chunk)
+                            t1 += waited
+                            t2 += waited
                 except TimeoutError:
                     raise RequestTimeout(f"{what} within {remaining:.3g} s") from None
             except BaseException:
@@ -275,7 +285,8 @@ class Gateway:
         t0 = req.received_at or time.perf_counter()
         rt = self.tracer.request(req, trace_headers) if self.tracer.enabled else None
         # held: the stream releases its in-flight slot when it ends
-        opened, stats, deadline, t1, t2 = await self._admitted(req, rt, self._open, "no response", hold=True)
+        opened, stats, deadline, t1, t2 = await self._admitted(req, rt, self._open, "no response", hold=True,
+                                                               discard=_discard_opened)
         it, first, hooks = opened
         overhead_ms = (t1 - t0) * 1000
         m = self.metrics
@@ -434,3 +445,8 @@ class GatewayStream:
             if self.usage is not None:
                 m.child(m.tokens_in, m.model_label(self.request.model)).inc(self.usage.prompt_tokens)
                 m.child(m.tokens_out, m.model_label(self.request.model)).inc(self.usage.completion_tokens)
+
+
+async def _discard_opened(opened: tuple[AsyncIterator[StreamChunk], StreamChunk | None, list[ResponseHook]]) -> None:
+    """Close a stream that was opened for a request that then failed before it started."""
+    await aclose_stream(opened[0])

@@ -3,6 +3,7 @@ running them, and running their response hooks over the answer (whole or streame
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -22,12 +23,16 @@ from gateway.types import Completion, GatewayRequest, StageStats, StreamChunk
 if TYPE_CHECKING:
     from gateway.observe.tracing import RequestTrace
 
-__all__ = ["Pipeline", "Plan", "hook_stats", "hooked_completion", "hooked_stream"]
+__all__ = ["Pending", "Pipeline", "Plan", "hook_stats", "hooked_completion", "hooked_stream"]
 
 logger = logging.getLogger(__name__)
 
 Plan = tuple[tuple[Stage, Mapping[str, Any]], ...]
 """The stages to run for one request, in order, each with its validated options."""
+
+Pending = list[tuple[int, "asyncio.Future[StageStats]"]]
+"""(position in the request's stats, the future of that stage's final stats) for stages whose stats are
+completed off the request path."""
 
 
 class Pipeline:
@@ -144,18 +149,37 @@ class Pipeline:
 
     async def run(
         self, req: GatewayRequest, plan: Plan, rt: RequestTrace | None = None
-    ) -> tuple[GatewayRequest, list[StageStats], list[ResponseHook]]:
-        """Run the plan; returns the rewritten request, each stage's stats and the response hooks."""
+    ) -> tuple[GatewayRequest, list[StageStats], list[ResponseHook], Pending]:
+        """Run the plan; returns the rewritten request, each stage's stats, the response hooks, and the
+        stats still being completed off the request path (see :meth:`settle`)."""
         stats: list[StageStats] = []
         hooks: list[ResponseHook] = []
+        pending: Pending = []
         for stage, opts in plan:
             result = await (stage.apply(req, opts) if rt is None else rt.stage(stage, req, opts))
             req = result.request
+            if result.settle is not None:
+                pending.append((len(stats), result.settle))  # observed once settled
+            else:
+                self.observe(result.stats)
             stats.append(result.stats)
-            self.observe(result.stats)
             if result.hook is not None:
                 hooks.append(result.hook)
-        return req, stats, hooks
+        return req, stats, hooks, pending
+
+    async def settle(self, stats: list[StageStats], pending: Pending, rt: RequestTrace | None = None) -> None:
+        """Put each pending stage's final stats in its place in ``stats`` (``StageResult.settle``)."""
+        for i, future in pending:
+            try:
+                st = await future
+            except Exception:
+                logger.warning("stage %s: its stats could not be completed; reporting what it knew when it ran",
+                               stats[i].stage, exc_info=True)
+                st = stats[i]
+            stats[i] = st
+            self.observe(st)
+            if rt is not None:
+                rt.settled(st)
 
     def observe(self, st: StageStats) -> None:
         self.metrics.child(self.metrics.stage_seconds, st.stage).observe(st.ms / 1000)

@@ -35,7 +35,7 @@ from gateway.errors import PromptwireError
 
 if TYPE_CHECKING:
     from gateway.stages.base import Stage, StageResult
-    from gateway.types import Completion, GatewayRequest, StreamChunk, Usage
+    from gateway.types import Completion, GatewayRequest, StageStats, StreamChunk, Usage
 
 __all__ = ["RequestTrace", "Tracer", "inject"]
 
@@ -315,15 +315,26 @@ class RequestTrace:
                 raise
             st = result.stats
             if span.is_recording():
-                span.set_attributes({
-                    "promptwire.stage.tokens_before": st.tokens_before,
-                    "promptwire.stage.tokens_after": st.tokens_after,
-                    "promptwire.stage.tokens_saved": st.tokens_saved,
-                    "promptwire.stage.ms": st.ms,
-                })
+                span.set_attribute("promptwire.stage.ms", st.ms)
+                if result.settle is None:  # else the counts come later, as an event (settled)
+                    span.set_attributes({
+                        "promptwire.stage.tokens_before": st.tokens_before,
+                        "promptwire.stage.tokens_after": st.tokens_after,
+                        "promptwire.stage.tokens_saved": st.tokens_saved,
+                    })
                 if st.choice is not None:
                     span.set_attribute("promptwire.stage.choice", st.choice)
             return result
+
+    def settled(self, st: StageStats) -> None:
+        """A stage's stats completed off the request path (``StageResult.settle``): an event on the root span
+        (its own span has ended by then)."""
+        if self._root.is_recording():
+            self._root.add_event(f"promptwire.stage.{st.stage}.stats", {
+                "promptwire.stage.tokens_before": st.tokens_before,
+                "promptwire.stage.tokens_after": st.tokens_after,
+                "promptwire.stage.tokens_saved": st.tokens_saved,
+            })
 
     def upstream(self, backend: str, model: str, *, stream: bool) -> _Upstream:
         """A context manager around one backend attempt (for a stream: until its first chunk; the span

@@ -14,6 +14,7 @@ message and trailers, and over HTTP the final SSE chunk's ``promptwire.stats``.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -51,6 +52,13 @@ class StageResult:
     stats: StageStats
     hook: ResponseHook | None = None
     """Per-request state that rewrites the answer (None: the answer passes untouched)."""
+    settle: asyncio.Future[StageStats] | None = None
+    """Stats still being completed off the request path (token counts in a worker thread, say):
+    ``stats`` holds what is known when ``apply`` returns, and the gateway awaits this future once the
+    upstream has answered (its first chunk, for a stream), then reports its result in their place, in
+    headers, trailers, metrics and traces. Whatever it still has to wait for then counts as gateway
+    overhead. A future, not a coroutine: a request that fails first never awaits it. If it fails, the
+    provisional ``stats`` stand (a warning is logged)."""
 
 
 @runtime_checkable

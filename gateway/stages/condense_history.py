@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import logging
@@ -85,11 +86,21 @@ class CondenseOutcome:
         }
 
 
+def _uncounted(text: str) -> int:
+    return 0
+
+
 def condense(
-    messages: Sequence[Mapping[str, Any]], options: Mapping[str, Any], prefix: str = STAGE_PREFIX
+    messages: Sequence[Mapping[str, Any]], options: Mapping[str, Any], prefix: str = STAGE_PREFIX,
+    *, count: bool = True,
 ) -> CondenseOutcome:
     """Run diff-history condensing with validated ``options``; a bad history is InvalidRequest naming
-    the message field (``messages[3].tool_call_id``), a budget too small names ``prefix + budget_tokens``."""
+    the message field (``messages[3].tool_call_id``), a budget too small names ``prefix + budget_tokens``.
+
+    ``count=False`` (only without ``budget_tokens``, which needs the counts) skips the cl100k counts:
+    the messages are the same and the stats' tokens are 0; :func:`counted_stats` completes them."""
+    if not count and options["budget_tokens"] is not None:
+        raise ValueError("budget_tokens needs the token counts")
     t0 = time.perf_counter()
     try:
         res = condense_messages(
@@ -98,7 +109,7 @@ def condense(
             budget_tokens=options["budget_tokens"],
             roles=options["roles"],
             min_chars=options["min_chars"],
-            count_tokens=_count,
+            count_tokens=_count if count else _uncounted,
             diff_fn=_diff,
         )
     except DiffHistoryError as e:
@@ -118,6 +129,21 @@ def condense(
     )
     changed = any(o.kind in ("diff", "placeholder") for o in res.observations)
     return CondenseOutcome(res.messages, stats, res.observations, changed)
+
+
+def counted_stats(messages: Sequence[Mapping[str, Any]], options: Mapping[str, Any], provisional: StageStats) -> StageStats:
+    """``provisional`` (from ``condense(..., count=False)``) with the cl100k token counts filled in: the same
+    condensing again with counting (the diffs come from the cache), so the numbers are exactly those of
+    ``condense(..., count=True)``. Runs in a worker thread, off the request path."""
+    full = condense(messages, options)
+    return dataclasses.replace(provisional, tokens_before=full.stats.tokens_before,
+                               tokens_after=full.stats.tokens_after)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a failure as seen when nobody awaits the future (its request failed first)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def parse_body(body: Any) -> tuple[list[Mapping[str, Any]], dict[str, Any]]:
@@ -157,14 +183,22 @@ class CondenseHistoryStage:
             n = count_tokens(req.prompt_text())
             return StageResult(req, StageStats(STAGE, n, n, 0.0, choice="skipped: not a chat request"))
         dicts = [m.to_dict() for m in req.messages]
-        out = condense(dicts, options)
-        if not out.changed:
+        # Without a budget the counts only feed the stats: they are taken in a worker thread while the
+        # upstream works (a 128-step history seen for the first time holds tens of thousands of tokens to
+        # count; the diffs alone take a few ms). A budget needs them before anything is sent.
+        deferred = options["budget_tokens"] is None
+        out = condense(dicts, options, count=not deferred)
+        if out.changed:
+            req = dataclasses.replace(req, messages=tuple(
+                m if out.messages[i] is dicts[i] else ChatMessage.from_dict(out.messages[i])
+                for i, m in enumerate(req.messages)
+            ))
+        if not deferred:
             return StageResult(req, out.stats)
-        messages = tuple(
-            m if out.messages[i] is dicts[i] else ChatMessage.from_dict(out.messages[i])
-            for i, m in enumerate(req.messages)
-        )
-        return StageResult(dataclasses.replace(req, messages=messages), out.stats)
+        # started last: the worker thread shares the interpreter lock with what is left of this request
+        settle = asyncio.get_running_loop().run_in_executor(None, counted_stats, dicts, options, out.stats)
+        settle.add_done_callback(_retrieve)
+        return StageResult(req, out.stats, settle=settle)
 
 
 def make_condense_history_stage(

@@ -5,15 +5,21 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import grpc
 import pytest
 
 from compressors.diff_history import apply, diff, normalise
+from gateway.config import GatewayConfig
 from gateway.config.stages import CondenseHistoryConfig
+from gateway.core.gateway import Gateway
 from gateway.errors import InvalidRequest
-from gateway.stages.condense_history import CondenseHistoryStage, make_condense_history_stage
+from gateway.grpc.server import start_grpc_server
+from gateway.stages.condense_history import CondenseHistoryStage, condense, make_condense_history_stage
 from gateway.stages.table import STAGES
 from gateway.types import ChatMessage, GatewayRequest
+from protos.promptwire.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.compressors.test_diff_history_chat import conversation
+from tests.gateway.test_condense_routes import _pb_messages
 from tests.support.proxy import upstream_config
 
 
@@ -60,10 +66,27 @@ async def test_apply_condenses_tool_outputs_and_reports_stats() -> None:
     assert new[looks[2]].content == diff(msgs[looks[1]]["content"], msgs[looks[2]]["content"])
     assert new[looks[2]].extra == {"tool_call_id": msgs[looks[2]]["tool_call_id"]}
     assert apply(new[looks[1]].text(), new[looks[2]].text()) == normalise(msgs[looks[2]]["content"])
-    s = res.stats
-    assert s.stage == "condense_history" and s.tokens_after < s.tokens_before and s.ms > 0
+    # without a budget the token counts are completed off the request path: provisional stats now,
+    # the exact ones (those of counting on the request path) from the settle future
+    assert res.stats.tokens_before == res.stats.tokens_after == 0 and res.stats.ms > 0
+    assert res.settle is not None
+    s = await res.settle
+    exact = condense([m.to_dict() for m in req.messages], stage.validate({"window": 2})).stats
+    assert (s.tokens_before, s.tokens_after) == (exact.tokens_before, exact.tokens_after)
+    assert s.stage == "condense_history" and s.tokens_after < s.tokens_before and s.ms == res.stats.ms
     assert s.extra == {"observations": 6, "observations_diffed": 2, "placeholders": 2}
     assert res.hook is None
+
+
+async def test_a_budget_counts_on_the_request_path() -> None:
+    req = chat(conversation(6))
+    stage = make_condense_history_stage(CondenseHistoryConfig())
+    options = stage.validate({"window": 2, "budget_tokens": 100000})
+    res = await stage.apply(req, options)
+    assert res.settle is None
+    exact = condense([m.to_dict() for m in req.messages], options).stats
+    assert (res.stats.tokens_before, res.stats.tokens_after) == (exact.tokens_before, exact.tokens_after)
+    assert 0 < res.stats.tokens_after < res.stats.tokens_before
 
 
 async def test_apply_returns_the_same_request_when_nothing_changes() -> None:
@@ -143,6 +166,68 @@ def test_a_history_that_grows_is_still_served(make_upstream: Any, make_proxy: An
     assert r.status_code == 200, r.text
     st = json.loads(r.headers["x-promptwire-stats"])[0]
     assert st["tokens_after"] > st["tokens_before"]
+
+
+def _exact(msgs: list[dict[str, Any]], **options: Any) -> tuple[int, int]:
+    st = condense(msgs, CondenseHistoryStage().validate({"min_chars": 10, **options})).stats
+    return st.tokens_before, st.tokens_after
+
+
+def test_stats_counted_off_the_request_path_reach_stream_headers_and_metrics(
+    make_upstream: Any, make_proxy: Any
+) -> None:
+    # no budget: the stage sends the condensed history at once and counts tokens in a worker thread;
+    # the counts must still be exact wherever stats are reported
+    up = make_upstream()
+    proxy = make_proxy(_config(up.url))
+    msgs = conversation(8, tools=("look",))
+    with proxy.http() as http:
+        with http.stream("POST", "/v1/chat/completions",
+                         json={"model": "test-model", "messages": msgs, "stream": True}) as r:
+            assert r.status_code == 200
+            header = json.loads(r.headers["x-promptwire-stats"])[0]
+            text = "".join(c["choices"][0]["delta"].get("content") or "" for line in r.iter_lines()
+                           if line.startswith("data: {") and (c := json.loads(line[6:]))["choices"])
+        metrics = http.get("/metrics").text
+    assert text.startswith("echo: ")  # the answer streamed through
+    assert (header["tokens_before"], header["tokens_after"]) == _exact(msgs)
+    want = _exact(msgs)
+    saved = [ln for ln in metrics.splitlines() if ln.startswith('promptwire_stage_tokens_saved_total{stage="condense_history"}')]
+    assert saved and float(saved[0].split()[-1]) == want[0] - want[1]
+
+
+def test_a_failed_upstream_leaves_the_pending_stats_alone(make_upstream: Any, make_proxy: Any) -> None:
+    up = make_upstream(fail_next=1, fail_status=400)
+    proxy = make_proxy(_config(up.url))
+    msgs = conversation(4, tools=("look",))
+    with proxy.http() as http:
+        bad = http.post("/v1/chat/completions", json={"model": "test-model", "messages": msgs})
+        ok = http.post("/v1/chat/completions", json={"model": "test-model", "messages": msgs})
+    assert bad.status_code == 400 and ok.status_code == 200, (bad.text, ok.text)
+    st = json.loads(ok.headers["x-promptwire-stats"])[0]
+    assert (st["tokens_before"], st["tokens_after"]) == _exact(msgs)
+
+
+async def test_grpc_trailers_carry_the_counted_stats(make_upstream: Any) -> None:
+    up = make_upstream()
+    gw = Gateway(GatewayConfig.model_validate(_config(up.url)))
+    await gw.start()
+    handle = await start_grpc_server(gw, "127.0.0.1", 0, health_interval_s=None)
+    msgs = conversation(6, tools=("look",))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{handle.port}") as channel:
+            stub = gateway_pb2_grpc.GatewayStub(channel)
+            call = stub.Chat(gateway_pb2.ChatRequest(model="test-model", messages=_pb_messages(msgs)))
+            replies = [m async for m in call]
+            trailers = dict(await call.trailing_metadata())
+    finally:
+        await handle.stop(0)
+        await gw.aclose()
+    want = _exact(msgs)
+    st = json.loads(trailers["x-promptwire-stats"])[0]
+    assert (st["tokens_before"], st["tokens_after"]) == want
+    final = replies[-1].stats[0]
+    assert (final.tokens_before, final.tokens_after) == want
 
 
 @pytest.mark.parametrize(
