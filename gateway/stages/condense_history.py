@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from compressors.diff_history import DiffHistoryError, Observation, condense_messages, diff
+from compressors.diff_history import DiffHistoryError, Observation, condense_messages, diff, message_text
 from compressors.diff_history.chat import DEFAULT_ROLES
 from gateway.config.stages import CondenseHistoryConfig
 from gateway.errors import InvalidRequest
@@ -131,13 +131,15 @@ def condense(
     return CondenseOutcome(res.messages, stats, res.observations, changed)
 
 
-def counted_stats(messages: Sequence[Mapping[str, Any]], options: Mapping[str, Any], provisional: StageStats) -> StageStats:
-    """``provisional`` (from ``condense(..., count=False)``) with the cl100k token counts filled in: the same
-    condensing again with counting (the diffs come from the cache), so the numbers are exactly those of
-    ``condense(..., count=True)``. Runs in a worker thread, off the request path."""
-    full = condense(messages, options)
-    return dataclasses.replace(provisional, tokens_before=full.stats.tokens_before,
-                               tokens_after=full.stats.tokens_after)
+def counted_stats(
+    before: Sequence[Mapping[str, Any]], after: Sequence[Mapping[str, Any]], provisional: StageStats
+) -> StageStats:
+    """``provisional`` (from ``condense(..., count=False)``) with the cl100k counts of the messages as they
+    came (``before``) and as condensed (``after``) filled in: the same sums ``condense`` takes (each
+    message's text; an untouched message counts the same on both sides). Runs in a worker thread, off the
+    request path."""
+    return dataclasses.replace(provisional, tokens_before=sum(_count(message_text(m)) for m in before),
+                               tokens_after=sum(_count(message_text(m)) for m in after))
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
@@ -196,7 +198,7 @@ class CondenseHistoryStage:
         if not deferred:
             return StageResult(req, out.stats)
         # started last: the worker thread shares the interpreter lock with what is left of this request
-        settle = asyncio.get_running_loop().run_in_executor(None, counted_stats, dicts, options, out.stats)
+        settle = asyncio.get_running_loop().run_in_executor(None, counted_stats, dicts, out.messages, out.stats)
         settle.add_done_callback(_retrieve)
         return StageResult(req, out.stats, settle=settle)
 

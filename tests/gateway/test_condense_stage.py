@@ -78,6 +78,23 @@ async def test_apply_condenses_tool_outputs_and_reports_stats() -> None:
     assert res.hook is None
 
 
+async def test_counts_off_the_request_path_equal_the_inline_ones_for_content_parts() -> None:
+    msgs = conversation(6)
+    tools = [i for i, m in enumerate(msgs) if m["role"] == "tool"]
+    for i in tools[1::2]:  # text split over two parts, with a non-text part between them
+        text = msgs[i]["content"]
+        msgs[i]["content"] = [{"type": "text", "text": text[:20]}, {"type": "image_url", "image_url": {"url": "u"}},
+                              {"type": "text", "text": text[20:]}]
+    stage = make_condense_history_stage(CondenseHistoryConfig())
+    for options in ({}, {"window": 2}):
+        opts = stage.validate(options)
+        res = await stage.apply(chat(msgs), opts)
+        assert res.settle is not None
+        got = await res.settle
+        exact = condense(msgs, opts).stats
+        assert (got.tokens_before, got.tokens_after) == (exact.tokens_before, exact.tokens_after) != (0, 0)
+
+
 async def test_a_budget_counts_on_the_request_path() -> None:
     req = chat(conversation(6))
     stage = make_condense_history_stage(CondenseHistoryConfig())
