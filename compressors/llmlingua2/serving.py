@@ -53,7 +53,8 @@ class BatcherConfig:
     """Most padded token positions in one call (a longer single window still runs alone)."""
     max_wait_ms: float | None = None
     """How long a call that is not full waits for the windows of requests still being tokenized.
-    It never waits when no other request could join it, so a lone request does not pay it."""
+    It never waits when no other request could join it, so a lone request does not pay it, nor when no
+    second window would fit beside it under max_batch_tokens."""
     max_batch_size: int = 64
     """Requests in progress at once (tokenized, windows queued or running); later ones wait in line."""
     workers: int = 1
@@ -268,7 +269,8 @@ class CompressorService:
                 age = time.monotonic() - self._pool[0].enqueued
                 full = len(self._pool) >= cfg.max_batch_windows
                 joining = self._stepping > 0 or bool(self._ready) or self._admissible()
-                due = full or not cfg.batching or not joining or age * 1000 >= cfg.max_wait_ms
+                due = (full or not cfg.batching or not joining or age * 1000 >= cfg.max_wait_ms
+                       or not self._room_for_two(self._pool[0]))
             if due:
                 return self._take_call()
             if self._ready:
@@ -285,6 +287,13 @@ class CompressorService:
                 self._cond.wait(max(left, 0.0))
             else:
                 self._cond.wait()
+
+    def _room_for_two(self, window: _Window) -> bool:
+        """Whether any other window could share a call with WINDOW under max_batch_tokens (a call is at
+        least as wide as WINDOW); when none could, the call runs without waiting for joiners."""
+        assert self.config.max_batch_tokens is not None
+        width = window.key[1] or window.length
+        return 2 * width <= self.config.max_batch_tokens
 
     def _admissible(self) -> bool:
         if not self._arrivals:

@@ -134,6 +134,44 @@ async def test_a_lone_request_does_not_wait_for_others() -> None:
     assert svc.stats.batches == 2
 
 
+class Holding(Scripted):
+    """Scripted, but tokenizing the request tagged 99 blocks until `release` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.holding = threading.Event()
+        self.release = threading.Event()
+
+    def compress_steps(self, payload: tuple[int, list[int]], *, rounds: int = 1) -> Any:
+        if payload[0] == 99:
+            self.holding.set()
+            assert self.release.wait(10), "never released"
+        return (yield from super().compress_steps(payload, rounds=rounds))
+
+
+async def test_a_window_nothing_could_join_does_not_wait() -> None:
+    # two workers: one is held tokenizing another request (which could otherwise join), the other has
+    # a 60-token window that no second window fits beside under max_batch_tokens=100: it runs at once
+    comp = Holding()
+    svc = CompressorService(comp, BatcherConfig(max_batch_tokens=100, max_wait_ms=60_000, workers=2))
+    held = asyncio.create_task(svc.run(job(99, [5])))
+    assert await asyncio.to_thread(comp.holding.wait, 10)
+    try:
+        assert await asyncio.wait_for(svc.run(job(2, [60])), 30) == expected(2, [60])
+        # a narrow window could share a call: it waits for the request being tokenized
+        narrow = asyncio.create_task(svc.run(job(3, [10])))
+        for _ in range(1000):  # until its window is in the pool, waiting
+            if any(w.job.job.payload[0] == 3 for w in svc._pool):
+                break
+            await asyncio.sleep(0.01)
+        assert not narrow.done()
+    finally:
+        comp.release.set()
+    assert await held == expected(99, [5]) and await narrow == expected(3, [10])
+    await svc.aclose()
+    assert sorted(sorted(s[0] for s in c) for c in comp.classifier.calls) == [[2], [3, 99]]
+
+
 async def test_inference_runs_off_the_event_loop() -> None:
     comp = Scripted()
     svc = CompressorService(comp)
