@@ -22,7 +22,9 @@ What it does:
    - ``generate plain``: ``model.generate`` greedy, for reference;
 5. repeats the modes in interleaved rounds (default 3), keeps each mode's best round (wall and process CPU
    time; CPU is steadier on a shared machine), checks that eager, lazy and the naive form produce the same
-   tokens, prints a table and writes bench/out/uscd_cost.{json,png}.
+   tokens, prints a table and writes bench/out/uscd_cost.{json,png};
+6. times single cached forwards of the model by shape (1 row x 1 token: a main step; 2 x 1: an eager step;
+   1 x k: a lazy catch-up over k skipped tokens), which is what decides eager's and lazy's cost here.
 """
 
 from __future__ import annotations
@@ -150,6 +152,31 @@ def run_generate(model: Any, items: list[Case], n: int) -> tuple[list[list[int]]
     return outs, 0.0
 
 
+@torch.inference_mode()
+def forward_costs(model: Any, context: int, reps: int = 60) -> dict[str, float]:
+    """Median ms of one cached forward of ``rows`` x ``tokens`` new positions after ``context`` cached ones:
+    what a main step (1 x 1), an eager step (2 x 1) and a lazy catch-up (1 x k) cost on this machine."""
+    kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    vocab = int(model.config.vocab_size)
+    gen = torch.Generator().manual_seed(0)
+    out: dict[str, float] = {}
+    for rows, tokens in ((1, 1), (2, 1), (1, 2), (1, 4), (1, 8)):
+        past = torch.randint(0, vocab, (rows, context), generator=gen)
+        x = torch.randint(0, vocab, (rows, tokens), generator=gen)
+        mask = torch.ones(rows, context + tokens, dtype=torch.long)
+        pos = torch.arange(context, context + tokens)[None].expand(rows, tokens)
+        times = []
+        for _ in range(reps):
+            o = model(input_ids=past, use_cache=True)  # a fresh cache each time, outside the clock
+            cache = o.cache if kw == "cache" else o.past_key_values
+            t0 = time.perf_counter()
+            model(input_ids=x, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **{kw: cache})
+            times.append(time.perf_counter() - t0)
+        times.sort()
+        out[f"{rows}x{tokens}"] = 1000 * times[len(times) // 2]
+    return out
+
+
 def save_png(rows: list[dict[str, Any]], path: Path) -> bool:
     try:
         import matplotlib
@@ -224,6 +251,8 @@ def main() -> int:
             outs[mode], fraction[mode] = fn()
             wall[mode].append(time.perf_counter() - t0)
             cpu[mode].append(time.process_time() - c0)
+    context = round(sum(len(m) for m, _ in items) / len(items)) + n // 2
+    probe = forward_costs(model, context)
     same = outs["uscd eager"] == outs["uscd lazy"] == outs["naive two-pass"]
     agree = {m: sum(a == b for a, b in zip(outs[m], outs["uscd eager"], strict=True)) for m in ("uscd lazy",
                                                                                             "naive two-pass")}
@@ -239,9 +268,13 @@ def main() -> int:
     for r in rows:
         print(f"| {r['mode']} | {r['seconds']:.2f} | {r['ms_per_token']:.2f} | {r['vs_plain']:.2f}x |"
               f" {r['cpu_seconds']:.2f} | {r['cpu_vs_plain']:.2f}x | {r['contrasted']:.0%} |")
+    print(f"\none cached forward after {context} positions, ms (median of 60; rows x new tokens):",
+          ", ".join(f"{k} {v:.2f}" for k, v in probe.items()))
+    print("  a lazy catch-up over k skipped tokens costs the 1 x k forward; eager adds the 2 x 1 - 1 x 1 difference"
+          " to every step")
     OUT.mkdir(exist_ok=True)
     meta = {"args": vars(args), "threshold": threshold, "params": params, "torch_threads": torch.get_num_threads(),
-            "same_tokens": same}
+            "same_tokens": same, "forward_ms": probe, "forward_context": context}
     (OUT / "uscd_cost.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     if save_png(rows, OUT / "uscd_cost.png"):
         print(f"[png] {OUT / 'uscd_cost.png'}")
