@@ -4,13 +4,15 @@ One command (from the repository root):
 
     .venv/bin/python bench/compress_serving.py            # stand-in + bert-base dimensions (~10 min on 2 cores)
     .venv/bin/python bench/compress_serving.py --quick    # stand-in only, fewer requests
+    .venv/bin/python bench/compress_serving.py --aa       # control: both servers batching off (the noise band)
 
 For each model (the locally built stand-in classifier that `make run` serves, and a classifier with
 the dimensions of microsoft/llmlingua-2-bert-base-multilingual-cased-meetingbank, synthetic
 weights) it starts two `promptwire serve --config` on 127.0.0.1, one per batch policy (on: the CPU
 defaults; off: `batching: false`, one request at a time), and drives /v1/compress from a separate
 load process with closed-loop clients at concurrency 1, 4 and 16, each cell on both servers in
-alternating order (so other load on the machine hits both alike), for two kinds of documents:
+alternating order (so other load on the machine hits both alike), --rounds times (medians reported),
+for two kinds of documents:
 short prompts (40-128 model tokens, the common chat case) and full 510-token windows. Every
 document is sent in every cell and its compressed text must be the same everywhere (same
 decisions). Prints a table of requests/s, model tokens/s, p50/p99 latency and the targets, and
@@ -100,9 +102,9 @@ def make_docs(model_dir: Path, kind: str, n: int) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------- server
 
 
-def start_server(workdir: Path, model: Path, batching: bool) -> Server:
+def start_server(workdir: Path, model: Path, batching: bool, label: str) -> Server:
     port = free_port()
-    cfg = workdir / f"config-{'on' if batching else 'off'}.yaml"
+    cfg = workdir / f"config-{label}.yaml"
     cfg.write_text(
         f"server: {{host: 127.0.0.1, http_port: {port}, grpc_port: 0}}\n"
         "limits: {max_in_flight: 1024}\n"
@@ -111,7 +113,7 @@ def start_server(workdir: Path, model: Path, batching: bool) -> Server:
     )
     exe = Path(sys.executable).parent / "promptwire"
     cmd = [str(exe) if exe.exists() else "promptwire", "serve", "--config", str(cfg), "--log-level", "warning"]
-    log = workdir / f"promptwire-{'on' if batching else 'off'}.log"
+    log = workdir / f"promptwire-{label}.log"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     server = Server("promptwire", _spawn("promptwire", cmd, log, env=env, cwd=ROOT), port, log_path=log)
     try:
@@ -180,6 +182,15 @@ def run_cell(port: int, docs: list[dict[str, Any]], concurrency: int, total: int
 
 
 # ----------------------------------------------------------------------------- main
+
+
+def median_cell(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One cell from its rounds: the median of each figure; every round's req/s kept."""
+    keys = ("rps", "tokens_per_s", "p50_ms", "p99_ms")
+    out: dict[str, Any] = {k: statistics.median(r[k] for r in runs) for k in keys}
+    out.update(requests=sum(r["requests"] for r in runs), errors=sum(r["errors"] for r in runs),
+               rps_rounds=[r["rps"] for r in runs])
+    return out
 
 
 def requests_for(kind: str, concurrency: int, model: str, quick: bool) -> int:
@@ -257,6 +268,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="stand-in model only, half the requests")
     p.add_argument("--models", default="", help="comma-separated subset of stand-in,bert-base")
+    p.add_argument("--rounds", type=int, default=3, help="runs of every cell on each server (medians reported)")
+    p.add_argument("--aa", action="store_true",
+                   help="control run: both servers with batching off, to show the machine's noise in on/off")
     p.add_argument("--load", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.load:
@@ -276,38 +290,47 @@ def main() -> None:
         reference: dict[str, dict[int, str]] = {k: {} for k in KINDS}
         # both servers up at once, each cell run on one then the other (alternating which goes first),
         # so load from other processes on the machine hits both policies alike
-        servers = {"on": start_server(work, model, True)}
+        servers = {"on": start_server(work, model, not args.aa, "on")}
         try:
-            servers["off"] = start_server(work, model, False)
+            servers["off"] = start_server(work, model, False, "off")
             turn = 0
             for kind in KINDS:
                 for mode in servers:
                     cells[name][kind][mode] = {}
                 for c in CONCURRENCY:
                     n = requests_for(kind, c, name, args.quick)
-                    order = ["on", "off"] if turn % 2 == 0 else ["off", "on"]
-                    turn += 1
-                    for mode in order:
-                        cell = run_cell(servers[mode].port, docs[kind], c, n)
-                        for i, text in cell.pop("texts").items():
-                            ref = reference[kind].setdefault(int(i), text)
-                            same &= ref == text
-                        cells[name][kind][mode][str(c)] = cell
-                        print(f"[{name} {kind} batching {mode} c={c}] {cell['rps']:.1f} req/s "
-                              f"p50 {cell['p50_ms']:.1f} ms p99 {cell['p99_ms']:.1f} ms "
-                              f"errors {cell['errors']}", flush=True)
+                    runs: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
+                    for r in range(args.rounds):
+                        order = ["on", "off"] if turn % 2 == 0 else ["off", "on"]
+                        turn += 1
+                        for mode in order:
+                            cell = run_cell(servers[mode].port, docs[kind], c, n)
+                            for i, text in cell.pop("texts").items():
+                                ref = reference[kind].setdefault(int(i), text)
+                                same &= ref == text
+                            runs[mode].append(cell)
+                            print(f"[{name} {kind} batching {mode if not args.aa else 'off'} c={c} round {r + 1}] "
+                                  f"{cell['rps']:.1f} req/s p50 {cell['p50_ms']:.1f} ms p99 {cell['p99_ms']:.1f} ms "
+                                  f"errors {cell['errors']}", flush=True)
+                    for mode in runs:
+                        cells[name][kind][mode][str(c)] = median_cell(runs[mode])
         finally:
             for server in servers.values():
                 server.stop()
     rows = summarise(cells)
     print()
+    if args.aa:
+        print("CONTROL RUN (--aa): both servers have batching off; 'on' below is the second such server, so "
+              "on/off shows only the machine's noise")
+    print(f"medians of {args.rounds} rounds per cell")
     print_table(rows)
     print(f"\nsame compressed text for every document in every cell: {same}")
     load = os.getloadavg()
     print(f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     result = {"rows": rows, "cells": cells, "same_decisions": same, "loadavg": load, "quick": args.quick,
+              "rounds": args.rounds, "control_aa": args.aa,
               "cpus": os.cpu_count(), "command": " ".join([Path(sys.executable).name, *sys.argv])}
-    stem = "compress_serving" + ("-quick" if args.quick else "")
+    stem = "compress_serving" + ("-quick" if args.quick else "") + ("-aa" if args.aa else "")
     (OUT / f"{stem}.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     if save_png(rows, OUT / f"{stem}.png"):
         print(f"[png] {OUT / (stem + '.png')}")
