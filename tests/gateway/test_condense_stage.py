@@ -12,7 +12,7 @@ from compressors.diff_history import apply, diff, normalise
 from gateway.config import GatewayConfig
 from gateway.config.stages import CondenseHistoryConfig
 from gateway.core.gateway import Gateway
-from gateway.errors import InvalidRequest
+from gateway.errors import InvalidRequest, UpstreamStatusError
 from gateway.grpc.server import start_grpc_server
 from gateway.stages.condense_history import CondenseHistoryStage, condense, make_condense_history_stage
 from gateway.stages.table import STAGES
@@ -223,6 +223,26 @@ def test_a_failed_upstream_leaves_the_pending_stats_alone(make_upstream: Any, ma
     assert bad.status_code == 400 and ok.status_code == 200, (bad.text, ok.text)
     st = json.loads(ok.headers["x-promptwire-stats"])[0]
     assert (st["tokens_before"], st["tokens_after"]) == _exact(msgs)
+
+
+async def test_a_failed_upstream_still_counts_the_stage_in_the_metrics(make_upstream: Any) -> None:
+    # the stage ran and condensed the request before the upstream failed: its deferred stats are
+    # completed in the background, so stage time and tokens saved count it like any other request
+    up = make_upstream(fail_next=1, fail_status=400)
+    gw = Gateway(GatewayConfig.model_validate(_config(up.url)))
+    await gw.start()
+    msgs = conversation(6, tools=("look",))
+    reg = gw.metrics.registry
+    labels = {"stage": "condense_history"}
+    try:
+        with pytest.raises(UpstreamStatusError):
+            await gw.generate(chat(msgs))
+        await gw.settled()
+        before, after = _exact(msgs)
+        assert reg.get_sample_value("promptwire_stage_tokens_saved_total", labels) == before - after
+        assert reg.get_sample_value("promptwire_stage_seconds_count", labels) == 1
+    finally:
+        await gw.aclose()
 
 
 async def test_grpc_trailers_carry_the_counted_stats(make_upstream: Any) -> None:
