@@ -87,7 +87,10 @@ CPU_POLICY = BatcherConfig(max_batch_windows=16, max_batch_tokens=768, max_wait_
 """CPU: sharing a call pays for short windows only. Measured per window on bert-base dimensions
 (one thread, CPU time): 32 tokens 47 ms alone, 31 ms in calls of 8; 128 tokens 156 -> 126 ms in
 calls of 2-4; a full 512-token window is slower in company (536 ms alone, 560-670 ms in calls of
-2-16: the activations outgrow the caches), so full windows run alone."""
+2-16: the activations outgrow the caches), so full windows run alone. Re-measured 2026-12-03 (one
+thread, wall): equal-length windows gain a little in calls of 4-8 (64 tokens 73 -> 64 ms, 128 tokens
+135 -> 128 ms per window), and mixed lengths of 40-128 tokens lose it to padding (16 windows 1,381 ms
+one by one, 1,495 ms in calls of up to 768 tokens): on a CPU sharing calls is about even."""
 GPU_POLICY = BatcherConfig(max_batch_windows=64, max_batch_tokens=32768, max_wait_ms=5.0)
 """GPU: one call costs about the same for 1 or 64 windows; wider calls are nearly free."""
 
