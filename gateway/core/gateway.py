@@ -64,7 +64,6 @@ class Gateway:
         self.metrics.in_flight.set_function(lambda: self.admission.in_flight)  # read at scrape time
         self._log_prompts = config.server.log_prompts
         self._started = False
-        self._background: set[asyncio.Task[None]] = set()
         self.compress_api: CompressAPI | None = None
         """Serves POST /v1/compress and gRPC Compress; set at start when the compress stage is configured."""
 
@@ -86,20 +85,7 @@ class Gateway:
         await self.router.discover()
         self._started = True
 
-    def _settle_in_background(self, stats: list[StageStats], pending: Pending) -> None:
-        """A request failed after its stages ran: finish their deferred stats off the error path, so the
-        stage's metrics (time, tokens saved) count it as they count every request that reached it."""
-        task = asyncio.get_running_loop().create_task(self.pipeline.settle(list(stats), pending))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def settled(self) -> None:
-        """Wait for stats still being completed for requests that failed (tests, shutdown)."""
-        while self._background:
-            await asyncio.gather(*list(self._background), return_exceptions=True)
-
     async def aclose(self) -> None:
-        await self.settled()
         await self.router.aclose()
         await self.pipeline.aclose()
         if self.tracer.enabled:
@@ -267,8 +253,7 @@ class Gateway:
                         try:
                             result = await upstream(req2, route, rt, hooks, stats)
                         except BaseException:
-                            if pending:  # the stage ran: its stats still count in the metrics
-                                self._settle_in_background(stats, pending)
+                            self.pipeline.settle_later(stats, pending)  # the stages ran: their metrics count
                             raise
                         t2 = time.perf_counter()
                         if pending:  # stats completed off the request path while the upstream worked

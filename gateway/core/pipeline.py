@@ -44,6 +44,7 @@ class Pipeline:
         self.metrics = metrics
         self.stages: dict[str, Stage] = {}
         self._plans: dict[tuple[int, frozenset[str] | None], Plan] = {}
+        self._background: set[asyncio.Task[None]] = set()
 
     def used(self) -> list[str]:
         """Stages the config mentions (routes, default stages, ``stages.<name>`` sections), in table order."""
@@ -74,6 +75,7 @@ class Pipeline:
             raise ConfigError(f"stages.{entry.name}: the stage is used but not configured ({missing} required)") from None
 
     async def aclose(self) -> None:
+        await self.settled()
         for stage in self.stages.values():
             close = getattr(stage, "aclose", None)  # stages holding workers (compress's batcher)
             if close is not None:
@@ -155,17 +157,35 @@ class Pipeline:
         stats: list[StageStats] = []
         hooks: list[ResponseHook] = []
         pending: Pending = []
-        for stage, opts in plan:
-            result = await (stage.apply(req, opts) if rt is None else rt.stage(stage, req, opts))
-            req = result.request
-            if result.settle is not None:
-                pending.append((len(stats), result.settle))  # observed once settled
-            else:
-                self.observe(result.stats)
-            stats.append(result.stats)
-            if result.hook is not None:
-                hooks.append(result.hook)
+        try:
+            for stage, opts in plan:
+                result = await (stage.apply(req, opts) if rt is None else rt.stage(stage, req, opts))
+                req = result.request
+                if result.settle is not None:
+                    pending.append((len(stats), result.settle))  # observed once settled
+                else:
+                    self.observe(result.stats)
+                stats.append(result.stats)
+                if result.hook is not None:
+                    hooks.append(result.hook)
+        except BaseException:
+            self.settle_later(stats, pending)
+            raise
         return req, stats, hooks, pending
+
+    def settle_later(self, stats: list[StageStats], pending: Pending) -> None:
+        """The request failed after stages deferred their stats: complete them in the background for the
+        metrics, which count every request that reached a stage (its time, the tokens it saved)."""
+        if not pending:
+            return
+        task = asyncio.get_running_loop().create_task(self.settle(list(stats), pending))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def settled(self) -> None:
+        """Wait for :meth:`settle_later` work still running (shutdown, tests)."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
 
     async def settle(self, stats: list[StageStats], pending: Pending, rt: RequestTrace | None = None) -> None:
         """Put each pending stage's final stats in its place in ``stats`` (``StageResult.settle``)."""

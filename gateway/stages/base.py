@@ -57,8 +57,9 @@ class StageResult:
     ``stats`` holds what is known when ``apply`` returns, and the gateway awaits this future once the
     upstream has answered (its first chunk, for a stream), then reports its result in their place, in
     headers, trailers, metrics and traces. Whatever it still has to wait for then counts as gateway
-    overhead. A future, not a coroutine: a request that fails first never awaits it. If it fails, the
-    provisional ``stats`` stand (a warning is logged)."""
+    overhead. A future, not a coroutine: it runs whether or not the request gets that far (when the
+    request fails first, the pipeline completes it in the background for the metrics). If it fails,
+    the provisional ``stats`` stand (a warning is logged)."""
 
 
 @runtime_checkable

@@ -143,7 +143,8 @@ def counted_stats(
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
-    """Mark a failure as seen when nobody awaits the future (its request failed first)."""
+    """Mark a failure as seen even if nobody awaits the future (a caller of the stage other than the
+    gateway)."""
     if not future.cancelled():
         future.exception()
 

@@ -12,8 +12,10 @@ from compressors.diff_history import apply, diff, normalise
 from gateway.config import GatewayConfig
 from gateway.config.stages import CondenseHistoryConfig
 from gateway.core.gateway import Gateway
+from gateway.core.pipeline import Pipeline
 from gateway.errors import InvalidRequest, UpstreamStatusError
 from gateway.grpc.server import start_grpc_server
+from gateway.observe.metrics import Metrics
 from gateway.stages.condense_history import CondenseHistoryStage, condense, make_condense_history_stage
 from gateway.stages.table import STAGES
 from gateway.types import ChatMessage, GatewayRequest
@@ -237,12 +239,37 @@ async def test_a_failed_upstream_still_counts_the_stage_in_the_metrics(make_upst
     try:
         with pytest.raises(UpstreamStatusError):
             await gw.generate(chat(msgs))
-        await gw.settled()
+        await gw.pipeline.settled()
         before, after = _exact(msgs)
         assert reg.get_sample_value("promptwire_stage_tokens_saved_total", labels) == before - after
         assert reg.get_sample_value("promptwire_stage_seconds_count", labels) == 1
     finally:
         await gw.aclose()
+
+
+class _Failing:
+    """A stage after condense_history that fails the request."""
+
+    name = "failing"
+
+    async def apply(self, req: GatewayRequest, options: Any) -> Any:
+        raise InvalidRequest("no", param="x")
+
+
+async def test_a_later_stage_failing_still_counts_the_deferred_stats() -> None:
+    config = GatewayConfig.model_validate(_config("http://127.0.0.1:9"))
+    metrics = Metrics()
+    pipeline = Pipeline(config, STAGES, metrics)
+    stage = CondenseHistoryStage()
+    msgs = conversation(6, tools=("look",))
+    plan: Any = ((stage, stage.validate({"min_chars": 10})), (_Failing(), {}))
+    with pytest.raises(InvalidRequest):
+        await pipeline.run(chat(msgs), plan)
+    await pipeline.aclose()  # waits for the stats completed in the background
+    before, after = _exact(msgs)
+    labels = {"stage": "condense_history"}
+    assert metrics.registry.get_sample_value("promptwire_stage_tokens_saved_total", labels) == before - after
+    assert metrics.registry.get_sample_value("promptwire_stage_seconds_count", labels) == 1
 
 
 async def test_grpc_trailers_carry_the_counted_stats(make_upstream: Any) -> None:
